@@ -1,0 +1,271 @@
+"""``padrec`` command line. Every subcommand is a thin layer over the library; bad input → one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import PadrecError
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _quiet() -> None:
+    """Keep library chatter (load reports, deprecations) off the user's terminal."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def cmd_data_inspect(args) -> int:
+    from .data import load_dataset
+
+    summary = load_dataset(args.path).summary()
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"{summary['name']} ({summary['format']}) at {summary['path']}")
+    for key in ("users", "items", "interactions", "levels", "code_levels", "codebook_sizes", "collisions"):
+        print(f"  {key:<14} {summary[key]}")
+    print(f"  {'splits':<14} {summary['splits']}")
+    return 0
+
+
+def cmd_data_build_ids(args) -> int:
+    from .ids import build_ids
+
+    summary = build_ids(
+        args.inter,
+        args.out,
+        levels=args.levels,
+        codebook_size=args.codebook_size,
+        embeddings_path=args.embeddings,
+        num_items=args.num_items,
+        dim=args.dim,
+        holdout=args.holdout,
+        seed=args.seed,
+    )
+    _print_json(summary) if args.json else print(f"wrote {summary['out']}: {summary}")
+    return 0
+
+
+# --------------------------------------------------------------------------- target
+
+
+def cmd_train_target(args) -> int:
+    from .data import load_dataset
+    from .training import TargetTrainArgs, train_target
+
+    load_dataset(args.data)  # fail fast with a clear message before any model is built
+    out = train_target(
+        TargetTrainArgs(
+            data=args.data,
+            out=args.out,
+            base=args.base,
+            list_len=args.list_len,
+            history_len=args.history_len,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    )
+    print(f"target written to {out}", file=sys.stderr)
+    return 0
+
+
+def _recommender(args):
+    import torch
+
+    from .data import load_dataset
+    from .decoding import Recommender
+    from .target import load_target
+
+    torch.manual_seed(0)
+    dataset = load_dataset(args.data)
+    target = load_target(args.target, device=_device(args.device))
+    rec = Recommender(target, dataset, list_len=args.list_len)
+    users = dataset.eval_users(args.split)[: args.users]
+    if not users:
+        raise PadrecError(f"{args.data}: no users with a non-empty {args.split} target list")
+    return rec, users
+
+
+def cmd_recommend(args) -> int:
+    from tqdm.auto import tqdm
+
+    rec, users = _recommender(args)
+    for user in tqdm(users, desc="recommend", disable=args.json or not sys.stderr.isatty()):
+        r = rec.recommend(user, args.split)
+        if args.json:
+            _print_json(r.to_json())
+        else:
+            print(f"user {r.user}: {r.items}  ({r.latency_ms:.1f} ms, {r.target_forwards} target forwards)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .evaluate import evaluate_lists
+
+    rec, users = _recommender(args)
+    with tqdm(total=len(users), desc="evaluate", disable=not sys.stderr.isatty()) as bar:
+        lists = rec.recommend_batch(users, args.split, batch_size=args.batch_size, progress=bar)
+    report = evaluate_lists(lists, rec.dataset, args.split, rec.list_len)
+    report.update(target=str(args.target), data=str(args.data))
+    if args.out:
+        _write_json_atomic(Path(args.out), report)
+    if args.json:
+        _print_json(report)
+    else:
+        _print_eval_table(report)
+    return 0
+
+
+def _print_eval_table(report: dict) -> None:
+    keys = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
+    print(f"{'':10}" + "".join(f"{k:>11}" for k in keys))
+    print(f"{'target':10}" + "".join(f"{report[k]:>11.4f}" for k in keys))
+    print(f"{'mostpop':10}" + "".join(f"{report['mostpop'][k]:>11.4f}" for k in keys))
+    print(
+        f"users {report['users']}, valid_item_rate {report['valid_item_rate']}, "
+        f"distinct_items {report['distinct_items']}, distinct_first_items {report['distinct_first_items']}"
+    )
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(out=Path(args.out), data=args.data, base=args.base, max_steps=args.max_steps, users=args.users)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="padrec", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="inspect datasets, build semantic IDs").add_subparsers(
+        dest="data_command", required=True
+    )
+    d = data.add_parser("inspect", help="summarise a dataset folder")
+    d.add_argument(
+        "path", help="dataset folder (LC-Rec X.inter.json + X.index.json, or train/valid/test.json)"
+    )
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.set_defaults(func=cmd_data_inspect)
+
+    d = data.add_parser("build-ids", help="semantic IDs (residual k-means) for a catalog without codes")
+    d.add_argument("--inter", required=True, help='interactions JSON {"user": [item, ...]}')
+    d.add_argument("--out", required=True, help="index.json to write")
+    d.add_argument("--levels", type=_positive, default=3)
+    d.add_argument("--codebook-size", type=_positive, default=256)
+    d.add_argument(
+        "--embeddings", help="item embeddings (.safetensors or .npy), rows = items; default: co-occurrence"
+    )
+    d.add_argument("--num-items", type=_positive)
+    d.add_argument("--dim", type=_positive, default=32, help="co-occurrence embedding size")
+    d.add_argument(
+        "--holdout", type=int, default=2, help="last items per user left out (leave-one-out files)"
+    )
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data_build_ids)
+
+    t = sub.add_parser("train-target", help="train the list-wise LoRA target")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument(
+        "--base", default="qwen2-small", help="preset (qwen2-tiny, qwen2-small) or Hub id / local path"
+    )
+    t.add_argument("--list-len", type=_positive, default=10)
+    t.add_argument("--history-len", type=_positive, default=20)
+    t.add_argument("--max-steps", type=_positive, help="steps of each training stage (default: the preset's)")
+    t.add_argument("--batch-size", type=_positive, default=16)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train_target)
+
+    for name, func, helptext in (
+        ("recommend", cmd_recommend, "generate lists, one user at a time"),
+        ("evaluate", cmd_evaluate, "Recall/NDCG of the target's lists vs MostPop"),
+    ):
+        r = sub.add_parser(name, help=helptext)
+        r.add_argument("--target", required=True)
+        r.add_argument("--data", required=True)
+        r.add_argument("--split", default="test", choices=["valid", "test"])
+        r.add_argument("--users", type=_positive, help="first N users with a non-empty target list")
+        r.add_argument("--list-len", type=_positive, help="items per list (default: the target's)")
+        r.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+        r.add_argument("--json", action="store_true")
+        if name == "evaluate":
+            r.add_argument("--batch-size", type=_positive, default=32)
+            r.add_argument("--out", help="also write the report to this JSON file")
+        r.set_defaults(func=func)
+
+    m = sub.add_parser("demo", help="the whole chain, small: synthetic catalog → IDs → target → evaluation")
+    m.add_argument("--data", help="a real dataset folder instead of the synthetic catalog")
+    m.add_argument("--out", default="runs/demo")
+    m.add_argument("--base", default="qwen2-tiny")
+    m.add_argument("--max-steps", type=_positive, default=300)
+    m.add_argument("--users", type=_positive, default=200)
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet()
+    try:
+        return args.func(args)
+    except PadrecError as e:
+        print(f"padrec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("padrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Recommend: prompts in, constrained greedy lists out, with latency and target-forward counts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import LogitsProcessorList
+
+from .constraint import CatalogListConstraint, parse_list
+from .data import RecDataset
+from .examples import ItemEncoder, left_pad
+from .target import Target
+
+
+class ForwardCounter:
+    """Counts forward calls of a model (hook on the underlying transformers model, PEFT or not)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.module = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.count = 0
+        self._handle = None
+
+    def _hook(self, *_):
+        self.count += 1
+
+    def __enter__(self) -> ForwardCounter:
+        self.count = 0
+        self._handle = self.module.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+@dataclass
+class Recommendation:
+    user: str
+    prompt_ids: list[int]
+    output_ids: list[int]
+    items: list[int | None]
+    latency_ms: float
+    target_forwards: int
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+class Recommender:
+    """Builds prompts for a dataset's users and decodes their lists with a target under the catalog constraint."""
+
+    def __init__(self, target: Target, dataset: RecDataset, list_len: int | None = None):
+        self.target, self.dataset = target, dataset
+        self.token_map = target.check_dataset(dataset)
+        self.encoder = ItemEncoder(self.token_map, dataset)
+        self.list_len = list_len or target.meta.list_len
+        self.constraint = CatalogListConstraint.from_token_map(self.token_map, dataset.index, self.list_len)
+        self.item_lookup = {tuple(t): i for i, t in enumerate(self.encoder.item_tokens)}
+        self.device = next(target.model.parameters()).device
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.list_len * (self.dataset.index.levels + 1)  # N items, N-1 separators, EOS
+
+    def prompt(self, user: str, split: str) -> list[int]:
+        return self.encoder.prompt(self.dataset.history(user, split), self.target.meta.history_len)
+
+    def items(self, output_ids: list[int]) -> list[int | None]:
+        return parse_list(output_ids, self.item_lookup, self.token_map.sep_id, self.token_map.eos_id)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Constrained ``generate``; extra ``logits_processor`` entries run after the constraint."""
+        processors = LogitsProcessorList([self.constraint, *kwargs.pop("logits_processor", [])])
+        kwargs.setdefault("do_sample", False)
+        with torch.inference_mode():
+            return self.target.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                max_new_tokens=self.max_new_tokens,
+                logits_processor=processors,
+                pad_token_id=self.token_map.pad_id,
+                eos_token_id=self.token_map.eos_id,
+                **kwargs,
+            )
+
+    def recommend(self, user: str, split: str = "test", **generate_kwargs) -> Recommendation:
+        """One user, batch size 1, timed; counts the target's forward passes."""
+        prompt = self.prompt(user, split)
+        ids = torch.tensor([prompt])
+        with ForwardCounter(self.target.model) as counter:
+            t0 = time.perf_counter()
+            out = self.generate(ids, torch.ones_like(ids), **generate_kwargs)
+            latency = (time.perf_counter() - t0) * 1000
+        gen = out[0, len(prompt) :].tolist()
+        gen = [t for t in gen if t != self.token_map.pad_id]
+        return Recommendation(user, prompt, gen, self.items(gen), round(latency, 3), counter.count)
+
+    def recommend_batch(self, users: list[str], split: str = "test", batch_size: int = 32, progress=None):
+        """Lists for many users, left-padded batches (for evaluation; no per-user timing)."""
+        out: dict[str, list[int | None]] = {}
+        for start in range(0, len(users), batch_size):
+            chunk = users[start : start + batch_size]
+            batch = left_pad([self.prompt(u, split) for u in chunk], self.token_map.pad_id)
+            seqs = self.generate(batch["input_ids"], batch["attention_mask"])
+            width = batch["input_ids"].shape[1]
+            for u, row in zip(chunk, seqs[:, width:].tolist(), strict=True):
+                out[u] = self.items([t for t in row if t != self.token_map.pad_id])
+            if progress is not None:
+                progress.update(len(chunk))
+        return out

@@ -1,0 +1,40 @@
+"""Shared fixtures. Tests never touch the network and read real data from ../shared/data."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not beside the repo")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """A small synthetic LC-Rec dataset (the one `padrec demo` uses), built once per session."""
+    from modeling_padrec.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("synthetic"), num_users=300, num_items=120, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_target(tmp_path_factory, synthetic_dir) -> Path:
+    """A qwen2-tiny target trained for a few steps on the synthetic dataset."""
+    from modeling_padrec.training import TargetTrainArgs, train_target
+
+    out = tmp_path_factory.mktemp("targets") / "tiny"
+    return train_target(
+        TargetTrainArgs(data=str(synthetic_dir), out=str(out), base="qwen2-tiny", max_steps=40, list_len=5)
+    )
