@@ -137,12 +137,13 @@ def cmd_evaluate(args) -> int:
     from tqdm.auto import tqdm
 
     from .evaluate import evaluate_lists
+    from .hardware import hardware_info
 
     rec, users = _recommender(args)
     with tqdm(total=len(users), desc="evaluate", disable=not sys.stderr.isatty()) as bar:
         lists = rec.recommend_batch(users, args.split, batch_size=args.batch_size, progress=bar)
     report = evaluate_lists(lists, rec.dataset, args.split, rec.list_len)
-    report.update(target=str(args.target), data=str(args.data))
+    report.update(target=str(args.target), data=str(args.data), hardware=hardware_info(_device(args.device)))
     if args.out:
         _write_json_atomic(Path(args.out), report)
     if args.json:

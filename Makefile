@@ -1,0 +1,42 @@
+# Fresh machine → working install → demo or tests. Override TORCH for a GPU box, e.g.
+#   make test TORCH="torch==2.13.0"          (the CPU wheel this project is developed with)
+# or install the torch build you want into .venv first: padrec's range (torch>=2.4) keeps it.
+PY      ?= python3
+VENV    ?= .venv
+TORCH   ?= torch==2.13.0
+BIN      = $(VENV)/bin
+DATA    ?= Instruments
+SHARED  ?= ../shared/data
+
+.PHONY: install demo test lint reference-target reference-table
+
+$(BIN)/.padrec-installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/.padrec-installed
+
+demo: install
+	$(BIN)/padrec demo
+
+test: install
+	$(BIN)/ruff check modeling_padrec tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check modeling_padrec tests && $(BIN)/ruff format --check modeling_padrec tests
+
+# The CPU reference target for one dataset: train (about 40-70 min on 2 cores), then evaluate.
+reference-target: install
+	$(BIN)/padrec train-target --data $(SHARED)/$(DATA) --out runs/ref/$(DATA)/target --base qwen2-small --seed 0
+	$(BIN)/padrec evaluate --target runs/ref/$(DATA)/target --data $(SHARED)/$(DATA) --users 500 --json \
+		--out runs/ref/$(DATA)/eval-500.json
+	$(BIN)/padrec evaluate --target runs/ref/$(DATA)/target --data $(SHARED)/$(DATA) --json \
+		--out runs/ref/$(DATA)/eval-all.json
+
+# Rewrite the README's reference table from runs/ref/*/eval-*.json.
+reference-table: install
+	$(BIN)/python scripts/reference_table.py README.md runs/ref

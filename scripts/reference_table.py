@@ -1,0 +1,70 @@
+"""Render the README's reference-target table from evaluation reports, so no figure is typed by hand.
+
+    python scripts/reference_table.py README.md runs/ref
+
+reads ``runs/ref/<dataset>/eval-all.json`` (all test users), ``eval-500.json`` (first 500, for the collapse
+check) and ``target/train_log.jsonl`` (training wall time), and rewrites the block between
+``<!-- reference-table:start -->`` and ``<!-- reference-table:end -->`` in README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+START, END = "<!-- reference-table:start -->", "<!-- reference-table:end -->"
+
+
+def train_minutes(log: Path) -> float:
+    last: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        last[row["stage"]] = row["elapsed_s"]
+    return sum(last.values()) / 60
+
+
+def render(runs: Path) -> str:
+    rows, hardware = [], None
+    for folder in sorted(p for p in runs.iterdir() if (p / "eval-all.json").is_file()):
+        full = json.loads((folder / "eval-all.json").read_text())
+        first = json.loads((folder / "eval-500.json").read_text())
+        meta = json.loads((folder / "target" / "padrec_target.json").read_text())
+        hardware = full.get("hardware", hardware)
+        steps = f"{meta['train']['pretrain_steps']} + {meta['train']['lora_steps']}"
+        minutes = train_minutes(folder / "target" / "train_log.jsonl")
+        mp = full["mostpop"]
+        rows.append(
+            f"| {folder.name} | {full['users']} | {full['recall@5']:.4f} | {full['recall@10']:.4f} "
+            f"| {full['ndcg@5']:.4f} | {full['ndcg@10']:.4f} | {mp['recall@10']:.4f} | {mp['ndcg@10']:.4f} "
+            f"| {full['valid_item_rate']:.3f} | {first['distinct_first_items']} / {first['users']} "
+            f"| {steps} | {minutes:.0f} |"
+        )
+    head = (
+        "| dataset | test users | R@5 | R@10 | N@5 | N@10 | MostPop R@10 | MostPop N@10 | valid_item_rate "
+        "| distinct first items | steps (pretrain + LoRA) | train min |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    hw = ""
+    if hardware:
+        hw = (
+            f"\n\nMeasured on {hardware['cpu']} ({hardware['cpu_count']} cores, torch {hardware['torch']}, "
+            f"transformers {hardware['transformers']}, device {hardware['device']})."
+        )
+    return head + "\n" + "\n".join(rows) + hw
+
+
+def main(readme: str, runs: str) -> int:
+    path = Path(readme)
+    text = path.read_text()
+    if START not in text or END not in text:
+        print(f"{path}: no {START} ... {END} block", file=sys.stderr)
+        return 2
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    path.write_text(f"{before}{START}\n{render(Path(runs))}\n{END}{after}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))
