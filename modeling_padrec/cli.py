@@ -99,7 +99,8 @@ def cmd_train_target(args) -> int:
             seed=args.seed,
         )
     )
-    print(f"target written to {out}", file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"target written to {out}", file=sys.stderr)
     return 0
 
 

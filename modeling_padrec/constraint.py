@@ -58,7 +58,8 @@ class CatalogListConstraint(LogitsProcessor):
         if len(current) == self.levels:
             if tuple(current) not in self.items:
                 return [self.eos_id]
-            return [self.eos_id] if len(done) + 1 >= self.list_len else [self.sep_id]
+            finished = len(done) + 1 >= min(self.list_len, len(self.items))  # catalog used up: stop early
+            return [self.eos_id] if finished else [self.sep_id]
         used = Counter(p[:k] for p in map(tuple, done) for k in range(1, self.levels + 1))
         prefix = tuple(current)
         out = [t for t, n in self.children.get(prefix, {}).items() if n > used[prefix + (t,)]]

@@ -69,6 +69,11 @@ class Recommender:
     def prompt(self, user: str, split: str) -> list[int]:
         return self.encoder.prompt(self.dataset.history(user, split), self.target.meta.history_len)
 
+    def trim(self, generated: list[int]) -> list[int]:
+        """Generated ids up to and including the first EOS (what follows is padding)."""
+        eos = self.token_map.eos_id
+        return generated[: generated.index(eos) + 1] if eos in generated else generated
+
     def items(self, output_ids: list[int]) -> list[int | None]:
         return parse_list(output_ids, self.item_lookup, self.token_map.sep_id, self.token_map.eos_id)
 
@@ -95,8 +100,7 @@ class Recommender:
             t0 = time.perf_counter()
             out = self.generate(ids, torch.ones_like(ids), **generate_kwargs)
             latency = (time.perf_counter() - t0) * 1000
-        gen = out[0, len(prompt) :].tolist()
-        gen = [t for t in gen if t != self.token_map.pad_id]
+        gen = self.trim(out[0, len(prompt) :].tolist())
         return Recommendation(user, prompt, gen, self.items(gen), round(latency, 3), counter.count)
 
     def recommend_batch(self, users: list[str], split: str = "test", batch_size: int = 32, progress=None):
@@ -108,7 +112,7 @@ class Recommender:
             seqs = self.generate(batch["input_ids"], batch["attention_mask"])
             width = batch["input_ids"].shape[1]
             for u, row in zip(chunk, seqs[:, width:].tolist(), strict=True):
-                out[u] = self.items([t for t in row if t != self.token_map.pad_id])
+                out[u] = self.items(self.trim(row))
             if progress is not None:
                 progress.update(len(chunk))
         return out

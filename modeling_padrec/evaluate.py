@@ -11,8 +11,11 @@ KS = (5, 10)
 
 def recall_ndcg(ranked: list[int | None], truth: set[int], k: int) -> tuple[float, float]:
     """Recall@k = hits in the top k / |truth|; NDCG@k with binary gains, ideal DCG over min(|truth|, k)."""
-    top = ranked[:k]
-    hits = [i for i, item in enumerate(top) if item is not None and item in truth]
+    top, seen, hits = ranked[:k], set(), []
+    for i, item in enumerate(top):
+        if item is not None and item in truth and item not in seen:  # a repeated item counts once
+            hits.append(i)
+        seen.add(item)
     recall = len(hits) / len(truth)
     dcg = sum(1.0 / math.log2(i + 2) for i in hits)
     idcg = sum(1.0 / math.log2(i + 2) for i in range(min(len(truth), k)))

@@ -126,8 +126,14 @@ def _set_generation_defaults(model, tokenizer) -> None:
     gc.do_sample = False
 
 
-def lora_config(new_token_ids: list[int], r: int = 16, alpha: int = 32, dropout: float = 0.05):
-    """LoRA on every linear layer of the blocks; padrec's token embeddings and the LM head trained too."""
+def lora_config(
+    new_token_ids: list[int], r: int = 16, alpha: int = 32, dropout: float = 0.05, tied: bool = False
+):
+    """LoRA on every linear layer of the blocks; padrec's token embeddings and the LM head trained too.
+
+    With tied input/output embeddings the trainable token rows *are* the head's rows for those tokens, so the
+    head is not saved separately (PEFT cannot wrap a tied head in both ways at once).
+    """
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
@@ -137,7 +143,7 @@ def lora_config(new_token_ids: list[int], r: int = 16, alpha: int = 32, dropout:
         lora_dropout=dropout,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         trainable_token_indices={"embed_tokens": list(new_token_ids)},
-        modules_to_save=["lm_head"],
+        modules_to_save=None if tied else ["lm_head"],
     )
 
 

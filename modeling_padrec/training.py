@@ -1,6 +1,6 @@
 """A small, readable training loop on accelerate, shared by every padrec model that trains.
 
-* one process or many (``accelerate launch --num_processes 2 --cpu ...``): the model and optimizer go
+* one process or many (``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 ...``): the model and optimizer go
   through ``Accelerator.prepare``; batches are sharded by hand from a per-epoch permutation seeded by
   ``seed + epoch``, so the data order is a pure function of (seed, step) and a resumed run sees exactly the
   batches an uninterrupted one would;
@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+
+from .errors import DataError
 
 LOG_NAME = "train_log.jsonl"
 
@@ -105,6 +107,15 @@ class Checkpointer:
         return int(state["step"])
 
 
+def _truncate_log(path: Path, stage: str, start: int) -> None:
+    if not path.is_file():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keep = [r for r in rows if r["stage"] != stage or r["step"] <= start]
+    if len(keep) != len(rows):
+        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+
 def train_stage(
     model,
     dataset,
@@ -122,24 +133,27 @@ def train_stage(
 
     ``loss_fn(model, batch) -> (loss, metrics)``; by default the model's own loss (``labels`` in the batch).
     """
+    work_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = Checkpointer(work_dir / cfg.name, {**run_fingerprint, "stage": asdict(cfg), "seed": seed})
     start = ckpt.load(model, optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg), last_epoch=-1)
-    for _ in range(start):
-        scheduler.step()
+    schedule = lr_lambda(cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: schedule(start + i))
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = len(dataset) // (cfg.batch_size * world)
     if per_epoch == 0:
-        raise ValueError(
-            f"stage {cfg.name}: {len(dataset)} examples are fewer than one batch on every process"
+        raise DataError(
+            f"stage {cfg.name}: {len(dataset)} training examples are fewer than one batch of {cfg.batch_size} "
+            f"on each of {world} processes; use a smaller --batch-size or more data"
         )
     loss_fn = loss_fn or (lambda m, b: (m(**b).loss, {}))
     log_path = work_dir / LOG_NAME
+    if accelerator.is_main_process:
+        _truncate_log(log_path, cfg.name, start)  # a resumed run rewrites the steps after its checkpoint
     bar = tqdm(
         total=cfg.max_steps,
         initial=start,
@@ -153,6 +167,8 @@ def train_stage(
             epoch = step // per_epoch
             g = torch.Generator().manual_seed(seed + epoch)
             order = torch.randperm(len(dataset), generator=g)[rank::world].tolist()
+        # randomness (dropout) is a pure function of (seed, step, rank), so a resumed run matches exactly
+        torch.manual_seed(seed * 1_000_003 + step * 101 + rank)
         pos = (step % per_epoch) * cfg.batch_size
         batch = collate_fn([dataset[i] for i in order[pos : pos + cfg.batch_size]])
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -276,7 +292,9 @@ def train_target(args: TargetTrainArgs, accelerator=None) -> Path:
             model.save_pretrained(base_dir)
             tokenizer.save_pretrained(base_dir)
         accelerator.wait_for_everyone()
-    peft_model = get_peft_model(model, lora_config(new_ids, r=args.lora_r))
+    peft_model = get_peft_model(
+        model, lora_config(new_ids, r=args.lora_r, tied=bool(model.config.tie_word_embeddings))
+    )
     examples = ListwiseExamples(dataset, enc, args.history_len, args.list_len)
     peft_model = train_stage(
         peft_model,

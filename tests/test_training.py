@@ -1,0 +1,203 @@
+"""The accelerate training loop: checkpoints and resuming, the log, seeded reproducibility, 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from peft import get_peft_model
+from safetensors.torch import load_file
+
+from modeling_padrec.data import load_dataset
+from modeling_padrec.decoding import Recommender
+from modeling_padrec.examples import ItemEncoder, ListwiseExamples, collate
+from modeling_padrec.target import load_base, load_target, lora_config
+from modeling_padrec.tokenization import TokenMap
+from modeling_padrec.training import (
+    LOG_NAME,
+    Checkpointer,
+    StageConfig,
+    TargetTrainArgs,
+    lr_lambda,
+    train_stage,
+    train_target,
+)
+
+# 16 examples, 4 per batch: an epoch is 4 steps, so a run of 6 steps resumed at 3 crosses an epoch boundary
+STAGE = StageConfig("lora", max_steps=6, batch_size=4, save_every=3, log_every=1)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def dataset(synthetic_dir):
+    return load_dataset(synthetic_dir)
+
+
+def build_lora_run(dataset, dropout: float):
+    """A fresh qwen2-tiny + LoRA model and a small list-wise example set, exactly as a new process would."""
+    set_seed(0)
+    model, tok, new_ids = load_base("qwen2-tiny", dataset.index, seed=0)
+    tm = TokenMap.from_tokenizer(tok, dataset.index, vocab_size=model.config.vocab_size)
+    peft_model = get_peft_model(model, lora_config(new_ids, r=4, dropout=dropout))
+    examples = ListwiseExamples(dataset, ItemEncoder(tm, dataset), history_len=5, list_len=3, max_examples=16)
+    return peft_model, examples, tm.pad_id
+
+
+def run_stage(dataset, work: Path, dropout: float, stop_after: int | None = None):
+    """Train STAGE; with ``stop_after`` the run dies after that many steps. Returns (weights, steps run)."""
+    work.mkdir(parents=True, exist_ok=True)
+    model, examples, pad = build_lora_run(dataset, dropout)
+    calls = []
+
+    def loss_fn(m, batch):
+        if stop_after is not None and len(calls) == stop_after:
+            raise Interrupted
+        calls.append(1)
+        return m(**batch).loss, {}
+
+    try:
+        trained = train_stage(
+            model, examples, lambda b: collate(b, pad), STAGE, accelerator=Accelerator(), work_dir=work,
+            seed=1, run_fingerprint={"run": "resume-test"}, loss_fn=loss_fn,
+        )  # fmt: skip
+    except Interrupted:
+        return None, len(calls)
+    weights = {n: p.detach().clone() for n, p in trained.named_parameters() if p.requires_grad}
+    return weights, len(calls)
+
+
+def assert_resume_matches(dataset, tmp_path, dropout):
+    full, steps = run_stage(dataset, tmp_path / "full", dropout)
+    assert steps == 6
+    assert run_stage(dataset, tmp_path / "resumed", dropout, stop_after=4) == (None, 4)
+    ckpt = tmp_path / "resumed" / "lora" / "ckpt"
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "optimizer.safetensors",
+        "state.json",
+        "weights.safetensors",
+    ]
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 3
+    resumed, steps = run_stage(dataset, tmp_path / "resumed", dropout)
+    assert steps == 3  # continued from the checkpoint at step 3, not from scratch
+    assert resumed.keys() == full.keys() and len(full) > 10
+    for name in full:
+        assert torch.allclose(full[name], resumed[name], atol=1e-6), name
+
+
+def test_resume_matches_an_uninterrupted_run(dataset, tmp_path):
+    assert_resume_matches(dataset, tmp_path, dropout=0.0)
+    log = [json.loads(line) for line in (tmp_path / "resumed" / LOG_NAME).read_text().splitlines()]
+    assert [r["step"] for r in log][-3:] == [4, 5, 6]
+
+
+def test_resume_matches_with_the_recipes_dropout(dataset, tmp_path):
+    assert_resume_matches(dataset, tmp_path, dropout=lora_config([0]).lora_dropout)
+
+
+def test_checkpoint_of_another_run_is_ignored(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    Checkpointer(tmp_path, {"run": 1}).save(model, opt, step=7)
+    saved = model.weight.detach().clone()
+    fresh = torch.nn.Linear(3, 2)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    assert Checkpointer(tmp_path, {"run": 2}).load(fresh, fresh_opt) == 0
+    assert not torch.equal(fresh.weight, saved)
+    assert Checkpointer(tmp_path, {"run": 1}).load(fresh, fresh_opt) == 7
+    assert torch.equal(fresh.weight, saved)
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_train_stage_creates_its_work_dir(dataset, tmp_path):
+    model, examples, pad = build_lora_run(dataset, 0.0)
+    train_stage(
+        model, examples, lambda b: collate(b, pad), StageConfig("lora", max_steps=1, batch_size=4),
+        accelerator=Accelerator(), work_dir=tmp_path / "new", seed=0, run_fingerprint={},
+    )  # fmt: skip
+    assert (tmp_path / "new" / LOG_NAME).is_file()
+
+
+def test_lr_schedule():
+    f = lr_lambda(StageConfig("s", max_steps=100, warmup_ratio=0.1))
+    assert [f(0), f(4), f(9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.55) and f(100) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 120))
+
+
+def test_train_log(tiny_target):
+    rows = [json.loads(line) for line in (tiny_target / LOG_NAME).read_text().splitlines()]
+    for stage in ("pretrain", "lora"):
+        mine = [r for r in rows if r["stage"] == stage]
+        assert [r["step"] for r in mine] == [10, 20, 30, 40]
+        assert {"loss", "lr", "epoch", "elapsed_s"} <= set(mine[0])
+        losses = [r["loss"] for r in mine]
+        assert losses[-1] < losses[0] and all(math.isfinite(x) for x in losses)
+        assert mine[-1]["lr"] < mine[0]["lr"]
+
+
+def _train(synthetic_dir, out: Path, seed: int) -> Path:
+    return train_target(
+        TargetTrainArgs(data=str(synthetic_dir), out=str(out), base="qwen2-tiny", max_steps=3, batch_size=4,
+                        list_len=3, seed=seed)
+    )  # fmt: skip
+
+
+def _weights(target: Path) -> dict[str, torch.Tensor]:
+    adapter = load_file(target / "adapter_model.safetensors")
+    base = load_file(target / "base" / "model.safetensors")
+    return {**{f"adapter.{k}": v for k, v in adapter.items()}, **{f"base.{k}": v for k, v in base.items()}}
+
+
+def test_seeded_runs_are_reproducible(synthetic_dir, tmp_path):
+    a, b, c = (
+        _weights(_train(synthetic_dir, tmp_path / name, seed))
+        for name, seed in [("a", 5), ("b", 5), ("c", 6)]
+    )
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    logs = [[json.loads(x)["loss"] for x in (tmp_path / n / LOG_NAME).read_text().splitlines()] for n in "ab"]
+    assert logs[0] == logs[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_launch(synthetic_dir, dataset, tmp_path):
+    """``accelerate launch`` with 2 CPU processes (gloo). Note: ``--cpu --num_processes 2`` alone starts ONE
+    process in accelerate 1.x (simple launcher); ``--multi_gpu`` + ACCELERATE_USE_CPU gives 2 CPU ranks."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--main_process_port", str(_free_port()), "-m", "modeling_padrec.cli", "train-target"]
+    cmd += ["--data", str(synthetic_dir), "--out", str(out), "--base", "qwen2-tiny", "--max-steps", "3"]
+    cmd += ["--batch-size", "4", "--list-len", "3"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "padrec_target.json").read_text())
+    assert meta["train"]["processes"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # no work dir left behind
+    log = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in log] == [("pretrain", 3), ("lora", 3)]
+    rec = Recommender(load_target(out), dataset)
+    r = rec.recommend(dataset.eval_users("test")[0])
+    assert len(r.items) == 3 == len(set(r.items)) and None not in r.items
