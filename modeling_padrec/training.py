@@ -215,7 +215,7 @@ def train_stage(
 # --------------------------------------------------------------------------- the target recipe
 
 # Steps per stage when --max-steps is not given: (stage-1 sequence pretraining, stage-2 LoRA list-wise).
-DEFAULT_STEPS = {"qwen2-tiny": (300, 300), "qwen2-small": (600, 700), None: (0, 1000)}
+DEFAULT_STEPS = {"qwen2-tiny": (300, 300), "qwen2-small": (700, 600), None: (0, 1000)}
 
 
 @dataclass
