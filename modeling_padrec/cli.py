@@ -104,6 +104,30 @@ def cmd_train_target(args) -> int:
     return 0
 
 
+def cmd_train_draft(args) -> int:
+    from .data import load_dataset
+    from .draft_training import train_draft
+    from .target import load_target
+
+    load_dataset(args.data)  # clear errors before any work
+    load_target(args.target)
+    out = train_draft(
+        args.target,
+        args.data,
+        args.out,
+        depth=args.depth,
+        use_item_position=not args.no_item_pos,
+        use_step_position=not args.no_step_pos,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_users=args.max_users,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"draft written to {out}", file=sys.stderr)
+    return 0
+
+
 def _recommender(args):
     import torch
 
@@ -125,8 +149,20 @@ def cmd_recommend(args) -> int:
     from tqdm.auto import tqdm
 
     rec, users = _recommender(args)
+    kwargs, draft = {}, None
+    if args.draft:
+        from .draft import load_draft
+
+        draft = load_draft(args.draft, rec.token_map, device=rec.device).attach(
+            rec.target.model, rec.token_map
+        )
+        kwargs["assistant_model"] = draft
     for user in tqdm(users, desc="recommend", disable=args.json or not sys.stderr.isatty()):
-        r = rec.recommend(user, args.split)
+        if draft is not None:
+            draft.stats.reset()
+        r = rec.recommend(user, args.split, **kwargs)
+        if draft is not None:
+            r.extra["accepted_per_round"] = draft.stats.accepted_per_round()
         if args.json:
             _print_json(r.to_json())
         else:
@@ -138,6 +174,7 @@ def cmd_evaluate(args) -> int:
     from tqdm.auto import tqdm
 
     from .evaluate import evaluate_lists
+    from .fileio import write_json_atomic
     from .hardware import hardware_info
 
     rec, users = _recommender(args)
@@ -146,7 +183,7 @@ def cmd_evaluate(args) -> int:
     report = evaluate_lists(lists, rec.dataset, args.split, rec.list_len)
     report.update(target=str(args.target), data=str(args.data), hardware=hardware_info(_device(args.device)))
     if args.out:
-        _write_json_atomic(Path(args.out), report)
+        write_json_atomic(args.out, report, indent=2)
     if args.json:
         _print_json(report)
     else:
@@ -163,13 +200,6 @@ def _print_eval_table(report: dict) -> None:
         f"users {report['users']}, valid_item_rate {report['valid_item_rate']}, "
         f"distinct_items {report['distinct_items']}, distinct_first_items {report['distinct_first_items']}"
     )
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- demo
@@ -241,10 +271,25 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--list-len", type=_positive, help="items per list (default: the target's)")
         r.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
         r.add_argument("--json", action="store_true")
+        if name == "recommend":
+            r.add_argument("--draft", help="a PAD-Rec draft folder: assisted generation, same outputs")
         if name == "evaluate":
             r.add_argument("--batch-size", type=_positive, default=32)
             r.add_argument("--out", help="also write the report to this JSON file")
         r.set_defaults(func=func)
+
+    t = sub.add_parser("train-draft", help="train a PAD-Rec draft by self-distillation from a target")
+    t.add_argument("--target", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--depth", type=_positive, default=5, help="draft steps per round (K)")
+    t.add_argument("--no-item-pos", action="store_true", help="switch off the item-slot embedding")
+    t.add_argument("--no-step-pos", action="store_true", help="switch off the gated draft-step embedding")
+    t.add_argument("--max-steps", type=_positive, default=300)
+    t.add_argument("--batch-size", type=_positive, default=16)
+    t.add_argument("--max-users", type=_positive, help="training users whose target lists are distilled")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train_draft)
 
     m = sub.add_parser("demo", help="the whole chain, small: synthetic catalog → IDs → target → evaluation")
     m.add_argument("--data", help="a real dataset folder instead of the synthetic catalog")
@@ -262,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except PadrecError as e:
+        print(f"padrec: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        from .modeling_padrec_draft import PadRecDraftError
+
+        if not isinstance(e, PadRecDraftError):
+            raise
         print(f"padrec: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

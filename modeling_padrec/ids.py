@@ -13,8 +13,6 @@ Everything is deterministic under a seed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 
 from .data import ItemIndex, item_cooccurrence
 from .errors import DataError
+from .fileio import write_json_atomic
 
 COLD_ITEM_SCALE = 0.01  # norm of the random vectors given to items without co-occurrence
 
@@ -300,23 +299,6 @@ def build_item_index(
 
 
 # --------------------------------------------------------------------------- files
-
-
-def write_json_atomic(path: str | Path, obj) -> Path:
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_interactions(path: str | Path) -> dict[str, list[int]]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .ids import build_ids, write_json_atomic
+from .fileio import write_json_atomic
+from .ids import build_ids
 
 ITEMS_PER_CLUSTER = 20
 MIN_LEN, MAX_LEN = 6, 20

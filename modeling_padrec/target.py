@@ -13,9 +13,7 @@ when the folder has been moved.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2
 
 from .data import ItemIndex, RecDataset
 from .errors import TargetError
+from .fileio import staged_dir
 from .tokenization import TokenMap, add_rec_tokens, build_tokenizer
 
 TARGET_META = "padrec_target.json"
@@ -160,9 +159,7 @@ def save_target(
     ``base_dir``: a saved preset base (saved before PEFT wrapped it), copied to ``out/base``.
     """
     out = Path(out).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         peft_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if base_dir is not None:
@@ -174,20 +171,6 @@ def save_target(
         meta.save(tmp)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass

@@ -1,0 +1,568 @@
+"""PAD-Rec draft model: a one-layer, feature-level drafter for list-wise recommendation (remote code).
+
+This file imports only ``torch``, ``transformers``, the standard library and its configuration, so it runs when
+copied alone into a model folder and loaded with ``trust_remote_code=True``.
+
+At position t the draft reads the target's last hidden state f_t and the next token x_{t+1}::
+
+    h = fc([f_t ; e(x_{t+1})])
+    h = h + alpha * E_slot[slot(x_{t+1})]                 (use_item_position)
+    h = h + sigmoid(W_g h + b) * E_step[k]                (use_step_position, k = draft step of the round)
+    f_{t+1} ~ decoder_layer(h)                            (the predicted feature)
+    logits = lm_head(norm(f_{t+1}))                       (recommendation vocabulary only)
+
+Drafting step k > 0 feeds the draft its own predicted feature. In ``target.generate(...,
+assistant_model=draft)`` the stock ``AssistedCandidateGenerator`` calls :meth:`PadRecDraftModel.generate` once
+per round; the target's features reach the draft through a forward hook that :meth:`PadRecDraftModel.attach`
+installs on the target's decoder.
+"""
+
+import functools
+import time
+from dataclasses import dataclass
+
+import torch
+import transformers.initialization as init
+from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.generation import GenerateDecoderOnlyOutput
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
+from transformers.utils import ModelOutput
+
+from .configuration_padrec_draft import PadRecDraftConfig
+
+
+class PadRecDraftError(ValueError):
+    """The draft cannot be used as asked (not attached, built for another target or token layout, ...)."""
+
+
+@dataclass
+class PadRecDraftOutput(ModelOutput):
+    """
+    Args:
+        features (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            predicted target features: position t predicts f_{t+1}.
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, len(config.rec_token_ids))`):
+            next-token logits over the recommendation vocabulary (column i is `config.rec_token_ids[i]`);
+            :meth:`PadRecDraftModel.vocab_logits` scatters them to the full vocabulary.
+        cache (`DynamicCache`, *optional*): the draft layer's key/value cache.
+    """
+
+    features: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: DynamicCache | None = None
+
+
+class PadRecPositionSignals(nn.Module):
+    """PAD-Rec's two position signals, added to the fused feature h.
+
+    * item position: ``h + alpha * E_slot[slot]`` with a learnable scalar alpha;
+    * draft step: ``h + sigmoid(W_g h + b) * E_step[step]``, a gate computed from the context.
+    """
+
+    def __init__(self, config: PadRecDraftConfig):
+        super().__init__()
+        self.use_item_position = config.use_item_position
+        self.use_step_position = config.use_step_position
+        self.max_step = config.max_draft_steps - 1
+        if self.use_item_position:
+            self.slot_embed = nn.Embedding(config.num_slots, config.hidden_size)
+            self.slot_scale = nn.Parameter(torch.tensor(float(config.slot_scale_init)))
+        if self.use_step_position:
+            self.step_embed = nn.Embedding(config.max_draft_steps, config.hidden_size)
+            self.step_gate = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor, slots: torch.LongTensor, steps: torch.LongTensor) -> torch.Tensor:
+        if self.use_item_position:
+            hidden = hidden + self.slot_scale * self.slot_embed(slots)
+        if self.use_step_position:
+            gate = torch.sigmoid(self.step_gate(hidden))
+            # a round deeper than the trained depth reuses the last step embedding
+            hidden = hidden + gate * self.step_embed(steps.clamp(max=self.max_step))
+        return hidden
+
+
+class PadRecDraftCache(DynamicCache):
+    """The draft layer's cache for one ``generate`` call, plus the round that awaits the target's verdict.
+
+    It holds keys/values for the positions whose inputs carry *true* target features; the drafted positions of
+    a round are cropped away when the round ends. ``AssistedCandidateGenerator`` keeps this object between
+    rounds (it reads ``output.cache`` and passes it back as ``cache=``), which is how the draft tells a new
+    ``generate`` call from the next round of the current one.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.pending: dict | None = None
+
+
+class PadRecDraftStats:
+    """Drafting statistics, recorded as rounds are resolved; they never change what is generated.
+
+    A round is resolved once the tokens the target kept are known: at the draft's next round, or when the
+    attached target's ``generate`` returns. The first round of every ``generate`` call drafts blind (no target
+    feature exists yet) and is counted apart, in ``blind_rounds`` / ``blind_accepted``.
+    """
+
+    def __init__(self, num_slots: int):
+        self.num_slots = num_slots
+        self.reset()
+
+    def reset(self) -> None:
+        self.rounds: list[tuple[int, int]] = []  # (drafted, accepted) of every featured round
+        self.blind_rounds = 0
+        self.blind_accepted = 0
+        self.reached_by_step: list[int] = []  # step k drafted and steps < k accepted
+        self.accepted_by_step: list[int] = []
+        self.reached_by_slot = [0] * self.num_slots
+        self.accepted_by_slot = [0] * self.num_slots
+        self.seconds_by_step: list[float] = []
+        self.timed_by_step: list[int] = []
+
+    def record(self, slots: list[int], accepted: int, step_seconds: list[float], blind: bool = False) -> None:
+        """One resolved round: the slots of its drafted tokens, how many the target accepted, step timings."""
+        if blind:
+            self.blind_rounds += 1
+            self.blind_accepted += accepted
+            return
+        self.rounds.append((len(slots), accepted))
+        for step, slot in enumerate(slots[: accepted + 1]):
+            _bump(self.reached_by_step, step, 1)
+            _bump(self.accepted_by_step, step, int(step < accepted))
+            self.reached_by_slot[slot] += 1
+            self.accepted_by_slot[slot] += int(step < accepted)
+        for step, seconds in enumerate(step_seconds):
+            _bump(self.seconds_by_step, step, seconds)
+            _bump(self.timed_by_step, step, 1)
+
+    def accepted_per_round(self) -> list[int]:
+        """Accepted draft tokens of every resolved round, the blind first round (if any) first."""
+        blind = [self.blind_accepted] if self.blind_rounds == 1 else []
+        return blind + [a for _, a in self.rounds]
+
+    def summary(self) -> dict:
+        """Means over featured rounds: lengths, acceptance by step (alpha_k) and slot, draft ms per step."""
+        n = len(self.rounds)
+        drafted = sum(d for d, _ in self.rounds)
+        accepted = sum(a for _, a in self.rounds)
+        return {
+            "rounds": n,
+            "drafted": drafted,
+            "accepted": accepted,
+            "mean_drafted": drafted / n if n else None,
+            "mean_accepted": accepted / n if n else None,
+            "acceptance_by_step": _ratios(self.accepted_by_step, self.reached_by_step),
+            "acceptance_by_slot": _ratios(self.accepted_by_slot, self.reached_by_slot),
+            "draft_ms_by_step": [
+                1000 * s / c if c else None
+                for s, c in zip(self.seconds_by_step, self.timed_by_step, strict=True)
+            ],
+            "blind_rounds": self.blind_rounds,
+            "blind_accepted": self.blind_accepted,
+        }
+
+
+def _bump(values: list, index: int, amount) -> None:
+    values.extend([type(amount)(0)] * (index + 1 - len(values)))
+    values[index] += amount
+
+
+def _ratios(num: list[int], den: list[int]) -> list[float | None]:
+    return [a / b if b else None for a, b in zip(num, den, strict=True)]
+
+
+class _FeatureTap:
+    """Forward hook on the target's decoder: keeps its last hidden states, indexed by sequence position.
+
+    A forward over ``n`` new tokens on a cache that ends at position ``end`` yields the features of positions
+    ``[end - n, end)``; they overwrite whatever the buffer held from that position on (rejected drafts of the
+    previous round). Batched forwards (batch > 1) are ignored: assisted generation runs at batch size 1.
+    """
+
+    def __init__(self, decoder: nn.Module):
+        self.start = 0
+        self.features: torch.Tensor | None = None
+        self.handle = decoder.register_forward_hook(self._capture, with_kwargs=True)
+
+    @property
+    def end(self) -> int:
+        return self.start + (0 if self.features is None else self.features.shape[1])
+
+    def _capture(self, module, args, kwargs, output) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        if hidden.shape[0] != 1:
+            return
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        end = cache.get_seq_length() if cache is not None else hidden.shape[1]
+        start = end - hidden.shape[1]
+        hidden = hidden.detach()
+        if self.features is None or start <= self.start or start > self.end:
+            self.start, self.features = start, hidden
+        else:
+            self.features = torch.cat([self.features[:, : start - self.start], hidden], dim=1)
+
+    def take(self, begin: int, end: int) -> torch.Tensor | None:
+        """Features of positions ``[begin, end)`` (non-empty), then forget everything before ``end``; None if not
+        held."""
+        if self.features is None or begin < self.start or end > self.end or end <= begin:
+            return None
+        out = self.features[:, begin - self.start : end - self.start]
+        self.features = self.features[:, end - self.start :]
+        self.start = end
+        return out
+
+    def reset(self) -> None:
+        self.start, self.features = 0, None
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.reset()
+
+
+class _Attachment:
+    """Everything :meth:`PadRecDraftModel.attach` installs on a target, and how to take it off again.
+
+    * a :class:`_FeatureTap` on the target's decoder;
+    * a thin wrapper around the target's ``generate`` (an instance attribute shadowing the method) that tells
+      the draft when a call ends, so the last round of a call is resolved against the final output.
+
+    A plain object, not an ``nn.Module``: the target must not become a submodule of the draft.
+    """
+
+    def __init__(self, target: nn.Module, decoder: nn.Module, draft: "PadRecDraftModel"):
+        self.target = target
+        self.tap = _FeatureTap(decoder)
+        original = target.generate
+
+        @functools.wraps(original)
+        def generate(*args, **kwargs):
+            draft._open_cache = None
+            try:
+                out = original(*args, **kwargs)
+            finally:
+                cache, draft._open_cache = draft._open_cache, None
+            if cache is not None:  # the last round of an assisted call: resolve it against the final output
+                draft._resolve_round(cache, out if torch.is_tensor(out) else out.sequences)
+            return out
+
+        generate.__padrec_draft_wrapper__ = True
+        target.generate = generate
+
+    def remove(self) -> None:
+        self.tap.remove()
+        if getattr(self.target.__dict__.get("generate"), "__padrec_draft_wrapper__", False):
+            del self.target.generate
+
+
+class PadRecDraftModel(PreTrainedModel, GenerationMixin):
+    """PAD-Rec draft: EAGLE-style feature drafter with item-position and step-position signals.
+
+    Use::
+
+        draft.attach(target)                       # hook the target's decoder (PEFT or plain causal LM)
+        out = target.generate(**inputs, assistant_model=draft, logits_processor=[constraint], max_new_tokens=n)
+        draft.stats.summary()                      # acceptance by step / slot, draft time per step
+        draft.detach()
+
+    Token embedding: the draft keeps its own table over the recommendation vocabulary plus one row shared by
+    every other id (BOS, the prompt end, text). It is initialised from the target's rows when the draft is
+    built, but lives in the draft: the checkpoint stays small on a 150k-vocabulary LLM and loads without the
+    target's weights.
+    """
+
+    config: PadRecDraftConfig
+    config_class = PadRecDraftConfig
+    base_model_prefix = "padrec_draft"
+    main_input_name = "input_ids"
+    _no_split_modules = ["Qwen2DecoderLayer"]
+    _supports_sdpa = True
+
+    def __init__(self, config: PadRecDraftConfig):
+        super().__init__(config)
+        num_rec = len(config.rec_token_ids)
+        # one row per rec-vocabulary id, then a last row shared by every other id
+        self.embed_tokens = nn.Embedding(num_rec + 1, config.hidden_size)
+        self.fc = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=False)
+        self.signals = PadRecPositionSignals(config)
+        self.layer = Qwen2DecoderLayer(config, layer_idx=0)
+        self.rotary_emb = Qwen2RotaryEmbedding(config)
+        self.norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, num_rec, bias=False)
+        self.stats = PadRecDraftStats(config.num_slots)
+        self._lookup_tables: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._attachment: _Attachment | None = None
+        self._open_cache: PadRecDraftCache | None = None
+        self.post_init()
+        # Draft exactly K tokens per round: the step embeddings were trained for depths 0..K-1, and a constant
+        # schedule keeps ``generate`` from rewriting the depth between calls (see num_assistant_tokens_schedule).
+        self.generation_config.num_assistant_tokens = config.max_draft_steps
+        self.generation_config.num_assistant_tokens_schedule = "constant"
+        self.generation_config.assistant_confidence_threshold = 0.0
+        self.generation_config._from_model_config = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, PadRecPositionSignals) and module.use_item_position:
+            init.constant_(module.slot_scale, self.config.slot_scale_init)
+
+    # ------------------------------------------------------------------ token tables
+
+    def _lookups(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rec ids, row of every vocab id in ``embed_tokens``, slot of every vocab id), built from the config."""
+        key = str(device)
+        if key not in self._lookup_tables:
+            with torch.inference_mode(False):  # built once, possibly inside generate; reused for training
+                self._lookup_tables[key] = self._build_lookups(device)
+        return self._lookup_tables[key]
+
+    def _build_lookups(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        ids = torch.tensor(cfg.rec_token_ids, dtype=torch.long)
+        rows = torch.full((cfg.vocab_size,), len(ids), dtype=torch.long)
+        rows[ids] = torch.arange(len(ids))
+        slots = torch.full((cfg.vocab_size,), cfg.other_slot, dtype=torch.long)
+        slots[ids] = torch.tensor(cfg.rec_token_slots, dtype=torch.long)
+        return ids.to(device), rows.to(device), slots.to(device)
+
+    def slot_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """Slot of every token id: code level, ``L`` for the separator, ``L + 1`` for anything else."""
+        return self._lookups(input_ids.device)[2][input_ids]
+
+    def vocab_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Scatter logits over the recommendation vocabulary into the full vocabulary (-inf elsewhere)."""
+        ids = self._lookups(logits.device)[0]
+        full = logits.new_full((*logits.shape[:-1], self.config.vocab_size), float("-inf"))
+        full[..., ids] = logits
+        return full
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        target_features: torch.Tensor,
+        step_ids: torch.LongTensor | int | None = None,
+        position_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: DynamicCache | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> PadRecDraftOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): x_{t+1} for every position t.
+            target_features (`torch.Tensor` of shape `(batch, seq, hidden_size)`): f_t, the target's last hidden
+                state at position t (or the draft's own prediction of it at draft step k > 0).
+            step_ids (`torch.LongTensor` of shape `(batch, seq)` or `int`, *optional*): draft step k of every
+                position (0: the feature came from the target). Defaults to 0.
+            position_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*): sequence positions t; by
+                default they continue the cache.
+            attention_mask (`torch.Tensor`, *optional*): a 2-D padding mask over cache + new positions (1 = keep),
+                or a ready 4-D additive mask `(batch, 1, seq, kv_len)` (training-time test uses one).
+            cache (`DynamicCache`, *optional*): keys/values of earlier positions; updated in place.
+        """
+        ids, rows, slots = self._lookups(input_ids.device)
+        if step_ids is None or isinstance(step_ids, int):
+            step_ids = torch.full_like(input_ids, step_ids or 0)
+        features = target_features.to(device=input_ids.device, dtype=self.fc.weight.dtype)
+        hidden = self.fc(torch.cat([features, self.embed_tokens(rows[input_ids])], dim=-1))
+        hidden = self.signals(hidden, slots[input_ids], step_ids)
+
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)[None]
+        mask = _attention_mask(attention_mask, input_ids.shape[1], past, hidden.dtype, hidden.device)
+        hidden = self.layer(
+            hidden,
+            attention_mask=mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None if use_cache is None else use_cache,
+            position_embeddings=self.rotary_emb(hidden, position_ids),
+        )
+        return PadRecDraftOutput(features=hidden, logits=self.lm_head(self.norm(hidden)), cache=cache)
+
+    # ------------------------------------------------------------------ target hookup
+
+    def attach(self, target: nn.Module, token_map=None) -> "PadRecDraftModel":
+        """Hook the target so its verification forwards feed the draft; returns the draft.
+
+        ``target``: the causal LM that will call ``generate(..., assistant_model=draft)``, a PEFT ``PeftModel``
+        or a plain ``transformers`` model. ``token_map`` (optional): anything with a ``fingerprint()`` method,
+        checked against the draft's (see :meth:`check_token_map`). Attaching again first detaches. The target's
+        ``generate`` is shadowed by a wrapper until :meth:`detach`: detach before copying or pickling the target.
+        """
+        self.detach()
+        if not isinstance(target, nn.Module) and isinstance(getattr(target, "model", None), nn.Module):
+            target = target.model  # a wrapper holding the model (e.g. padrec's ``Target``)
+        base = target.get_base_model() if hasattr(target, "get_base_model") else target
+        text_config = base.config.get_text_config()
+        for name in ("hidden_size", "vocab_size"):
+            theirs, ours = getattr(text_config, name), getattr(self.config, name)
+            if theirs != ours:
+                raise PadRecDraftError(
+                    f"the draft was built for {name}={ours}, the target has {name}={theirs}"
+                )
+        if token_map is not None:
+            self.check_token_map(token_map)
+        self._attachment = _Attachment(target, base.get_decoder(), self)
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook :meth:`attach` installed; a no-op when not attached."""
+        if self._attachment is not None:
+            self._attachment.remove()
+            self._attachment = None
+        self._open_cache = None
+
+    @property
+    def is_attached(self) -> bool:
+        return self._attachment is not None
+
+    def check_token_map(self, token_map) -> None:
+        """Raise :class:`PadRecDraftError` unless ``token_map.fingerprint()`` is the draft's token layout."""
+        theirs, ours = token_map.fingerprint(), self.config.token_map_fingerprint
+        if theirs != ours:
+            raise PadRecDraftError(
+                f"the draft was built for token layout {ours}, this tokenizer/catalog gives {theirs}"
+            )
+
+    # ------------------------------------------------------------------ drafting
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        generation_config=None,
+        logits_processor=None,
+        max_new_tokens: int | None = None,
+        cache: DynamicCache | None = None,
+        **kwargs,
+    ) -> GenerateDecoderOnlyOutput:
+        """Draft one round for ``AssistedCandidateGenerator`` (not for direct use).
+
+        Returns ``sequences`` = ``input_ids`` + drafted tokens, ``scores`` = the processed logits each token was
+        picked from (the speculative-sampling ``q``), and ``cache`` = the draft's state for the next round.
+        """
+        if self._attachment is None:
+            raise PadRecDraftError(
+                "call draft.attach(target) before target.generate(..., assistant_model=draft)"
+            )
+        if not getattr(generation_config, "is_assistant", False):
+            raise PadRecDraftError("a PAD-Rec draft only drafts for its target: pass it as assistant_model=")
+        if input_ids.shape[0] != 1:
+            raise PadRecDraftError(f"assisted generation runs at batch size 1, got {input_ids.shape[0]}")
+        input_ids = input_ids.to(self.device)
+        blind = not isinstance(cache, PadRecDraftCache)
+        if blind:  # first round of a generate call: stale features of an earlier call must not be read
+            cache = PadRecDraftCache()
+            self._attachment.tap.reset()
+        else:
+            self._resolve_round(cache, input_ids)
+        self._open_cache = cache
+
+        budget = self.config.max_draft_steps if max_new_tokens is None else int(max_new_tokens)
+        eos = generation_config.eos_token_id
+        eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        processors = list(logits_processor or [])
+        tokens, scores, seconds = self._draft(
+            input_ids, cache, blind, budget, processors, bool(generation_config.do_sample), eos
+        )
+        drafted = torch.tensor([tokens], dtype=torch.long, device=input_ids.device)
+        cache.pending = {
+            "start": input_ids.shape[1],
+            "tokens": tokens,
+            "slots": self.slot_ids(drafted)[0].tolist(),
+            "seconds": seconds,
+            "blind": blind,
+        }
+        return GenerateDecoderOnlyOutput(
+            sequences=torch.cat([input_ids, drafted], dim=1), scores=scores, cache=cache
+        )
+
+    def _draft(self, input_ids, cache, blind, budget, processors, do_sample, eos):
+        """Draft up to ``budget`` tokens after ``input_ids``; returns (tokens, processed scores, step seconds)."""
+        length = input_ids.shape[1]
+        known = cache.get_seq_length()  # positions [0, known) already in the draft cache
+        start = time.perf_counter()
+        if blind:
+            # Blind round: the target has not run yet, so no feature exists. Draft a single token from a zero
+            # feature at the last position; the target's prefill verifies it for free.
+            budget = min(budget, 1)
+            zero_feature = torch.zeros(1, 1, self.config.hidden_size, device=self.device, dtype=self.dtype)
+            position = torch.tensor([[max(length - 2, 0)]], device=self.device)
+            out = self(input_ids[:, -1:], zero_feature, position_ids=position)
+        else:
+            features = self._attachment.tap.take(known, length - 1)
+            if features is None:
+                raise PadRecDraftError(
+                    f"no target features for positions {known}..{length - 2}: is the draft attached to the "
+                    "model that generates?"
+                )
+            out = self(input_ids[:, known + 1 :], features, step_ids=0, cache=cache)
+        feature, logits = out.features[:, -1:], out.logits[:, -1]
+
+        tokens, scores, seconds, sequence = [], [], [], input_ids
+        for step in range(budget):
+            raw = self.vocab_logits(logits.float())
+            processed = raw.clone()
+            for processor in processors:
+                processed = processor(sequence, processed)
+            stop = not torch.isfinite(processed).any()
+            if stop:  # every proposal is masked: propose from the raw head once, the target will correct it
+                processed = raw
+            if do_sample:
+                token = torch.multinomial(torch.softmax(processed, dim=-1), num_samples=1)
+            else:
+                token = processed.argmax(dim=-1, keepdim=True)
+            tokens.append(int(token))
+            scores.append(processed)
+            sequence = torch.cat([sequence, token], dim=1)
+            seconds.append(time.perf_counter() - start)
+            if stop or step + 1 == budget or int(token) in eos:
+                break
+            start = time.perf_counter()
+            out = self(token, feature, step_ids=step + 1, cache=cache)
+            feature, logits = out.features, out.logits[:, -1]
+        extra = cache.get_seq_length() - (length - 1)
+        if extra > 0:  # keep only positions whose inputs carry true target features
+            cache.crop(-extra)
+        return tokens, tuple(scores), seconds
+
+    def _resolve_round(self, cache: PadRecDraftCache, sequence: torch.LongTensor) -> None:
+        """Record the pending round of ``cache``: its accepted length is the prefix the target kept."""
+        pending, cache.pending = cache.pending, None
+        if pending is None:
+            return
+        start, tokens = pending["start"], pending["tokens"]
+        kept = sequence[0, start : start + len(tokens)].tolist()
+        accepted = 0
+        for drafted, final in zip(tokens, kept, strict=False):
+            if drafted != final:
+                break
+            accepted += 1
+        self.stats.record(pending["slots"], accepted, pending["seconds"], blind=pending["blind"])
+
+
+def _attention_mask(
+    mask: torch.Tensor | None, query_len: int, past: int, dtype, device
+) -> torch.Tensor | None:
+    """Additive 4-D mask: causal over ``past`` cached + ``query_len`` new positions, plus a 2-D padding mask."""
+    if mask is not None and mask.dim() == 4:
+        return mask.to(device=device, dtype=dtype) if mask.dtype != torch.bool else mask.to(device)
+    if mask is None and query_len == 1:
+        return None
+    total = past + query_len
+    keys = torch.arange(total, device=device)
+    queries = torch.arange(past, total, device=device)
+    allowed = (keys[None, :] <= queries[:, None])[None, None]
+    if mask is not None:
+        allowed = allowed & mask[:, None, None, -total:].to(device=device, dtype=torch.bool)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+PadRecDraftModel.register_for_auto_class("AutoModel")
+
+__all__ = ["PadRecDraftModel", "PadRecDraftError", "PadRecDraftOutput", "PadRecDraftStats"]
