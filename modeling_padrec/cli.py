@@ -157,16 +157,29 @@ def cmd_recommend(args) -> int:
             rec.target.model, rec.token_map
         )
         kwargs["assistant_model"] = draft
+    results = []
+    if args.warmup:  # one untimed request first: lazy initialisation stays out of the figures
+        rec.recommend(users[0], args.split, **kwargs)
     for user in tqdm(users, desc="recommend", disable=args.json or not sys.stderr.isatty()):
         if draft is not None:
             draft.stats.reset()
         r = rec.recommend(user, args.split, **kwargs)
+        results.append(r)
         if draft is not None:
             r.extra["accepted_per_round"] = draft.stats.accepted_per_round()
+            r.extra["_draft_stats"] = draft.stats.summary()
         if args.json:
-            _print_json(r.to_json())
+            _print_json({k: v for k, v in r.to_json().items() if not k.startswith("_")})
         else:
             print(f"user {r.user}: {r.items}  ({r.latency_ms:.1f} ms, {r.target_forwards} target forwards)")
+    if args.stats:
+        from .fileio import write_json_atomic
+        from .hardware import hardware_info
+
+        stats = recommend_stats(results, rec.token_map, draft)
+        stats.update(target=str(args.target), draft=args.draft, data=str(args.data), split=args.split,
+                     hardware=hardware_info(str(rec.device)))  # fmt: skip
+        write_json_atomic(args.stats, stats, indent=2)
     return 0
 
 
@@ -189,6 +202,53 @@ def cmd_evaluate(args) -> int:
     else:
         _print_eval_table(report)
     return 0
+
+
+def recommend_stats(results, token_map, draft) -> dict:
+    """Aggregate over a recommend run: tau, target forward time, and (with a draft) acceptance and draft cost."""
+    import statistics
+
+    tokens = sum(len(r.output_ids) for r in results)
+    forwards = sum(r.target_forwards for r in results)
+    out = {
+        "users": len(results),
+        "tau": round(tokens / forwards, 4),
+        "target_forwards_mean": round(forwards / len(results), 3),
+        "latency_ms_median": round(statistics.median(r.latency_ms for r in results), 3),
+        "target_forward_ms_mean": round(sum(r.forward_ms for r in results) / forwards, 4),
+    }
+    if draft is None:
+        return out
+    names = [token_map.level_letter(lv) for lv in range(token_map.levels)] + ["sep", "other"]
+    reached = [0] * len(names)
+    accepted = [0] * len(names)
+    by_step: dict[int, list[int]] = {}
+    ms, steps = 0.0, 0
+    for r in results:
+        st = r.extra["_draft_stats"]
+        for slot, (a, n) in enumerate(st["acceptance_by_slot_counts"]):
+            accepted[slot] += a
+            reached[slot] += n
+        for k, (a, n) in enumerate(st["acceptance_by_step_counts"]):
+            acc = by_step.setdefault(k, [0, 0])
+            acc[0] += a
+            acc[1] += n
+        ms += st["draft_seconds"] * 1000
+        steps += st["draft_steps"]
+    out.update(
+        depth=draft.generation_config.num_assistant_tokens,
+        use_item_position=draft.config.use_item_position,
+        use_step_position=draft.config.use_step_position,
+        alpha_by_step=[round(a / n, 4) if n else None for a, n in (by_step[k] for k in sorted(by_step))],
+        alpha_by_slot={nm: round(a / n, 4) for nm, a, n in zip(names, accepted, reached, strict=True) if n},
+        accepted_per_round_mean=round(
+            sum(sum(r.extra["accepted_per_round"]) for r in results)
+            / max(1, sum(len(r.extra["accepted_per_round"]) for r in results)),
+            4,
+        ),
+        draft_ms_per_step=round(ms / steps, 4) if steps else None,
+    )
+    return out
 
 
 def _print_eval_table(report: dict) -> None:
@@ -273,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--json", action="store_true")
         if name == "recommend":
             r.add_argument("--draft", help="a PAD-Rec draft folder: assisted generation, same outputs")
+            r.add_argument(
+                "--stats", help="write run statistics (tau, alpha by step and slot, timings) to this JSON"
+            )
+            r.add_argument(
+                "--no-warmup", dest="warmup", action="store_false", help="skip the untimed first request"
+            )
         if name == "evaluate":
             r.add_argument("--batch-size", type=_positive, default=32)
             r.add_argument("--out", help="also write the report to this JSON file")

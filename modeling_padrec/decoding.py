@@ -15,23 +15,34 @@ from .target import Target
 
 
 class ForwardCounter:
-    """Counts forward calls of a model (hook on the underlying transformers model, PEFT or not)."""
+    """Counts (and times) forward calls of a model: hooks on the underlying transformers model, PEFT or not."""
 
     def __init__(self, model: torch.nn.Module):
         self.module = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.count = 0
-        self._handle = None
+        self.seconds = 0.0
+        self._handles: list = []
+        self._start = 0.0
 
-    def _hook(self, *_):
+    def _pre(self, *_):
         self.count += 1
+        self._start = time.perf_counter()
+
+    def _post(self, *_):
+        self.seconds += time.perf_counter() - self._start
 
     def __enter__(self) -> ForwardCounter:
-        self.count = 0
-        self._handle = self.module.register_forward_pre_hook(self._hook)
+        self.count, self.seconds = 0, 0.0
+        self._handles = [
+            self.module.register_forward_pre_hook(self._pre),
+            self.module.register_forward_hook(self._post),
+        ]
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
 
 @dataclass
@@ -101,7 +112,9 @@ class Recommender:
             out = self.generate(ids, torch.ones_like(ids), **generate_kwargs)
             latency = (time.perf_counter() - t0) * 1000
         gen = self.trim(out[0, len(prompt) :].tolist())
-        return Recommendation(user, prompt, gen, self.items(gen), round(latency, 3), counter.count)
+        rec = Recommendation(user, prompt, gen, self.items(gen), round(latency, 3), counter.count)
+        rec.forward_ms = 1000 * counter.seconds  # time inside the target's forwards (not in the JSON line)
+        return rec
 
     def recommend_batch(self, users: list[str], split: str = "test", batch_size: int = 32, progress=None):
         """Lists for many users, left-padded batches (for evaluation; no per-user timing)."""

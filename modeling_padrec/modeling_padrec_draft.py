@@ -153,6 +153,14 @@ class PadRecDraftStats:
             "mean_accepted": accepted / n if n else None,
             "acceptance_by_step": _ratios(self.accepted_by_step, self.reached_by_step),
             "acceptance_by_slot": _ratios(self.accepted_by_slot, self.reached_by_slot),
+            "acceptance_by_step_counts": [
+                list(p) for p in zip(self.accepted_by_step, self.reached_by_step, strict=True)
+            ],
+            "acceptance_by_slot_counts": [
+                list(p) for p in zip(self.accepted_by_slot, self.reached_by_slot, strict=True)
+            ],
+            "draft_seconds": sum(self.seconds_by_step),
+            "draft_steps": sum(self.timed_by_step),
             "draft_ms_by_step": [
                 1000 * s / c if c else None
                 for s, c in zip(self.seconds_by_step, self.timed_by_step, strict=True)
