@@ -40,3 +40,21 @@ reference-target: install
 # Rewrite the README's reference table from runs/ref/*/eval-*.json.
 reference-table: install
 	$(BIN)/python scripts/reference_table.py README.md runs/ref
+
+# Issue-3 evidence on one dataset with its reference target: the PAD-Rec draft and the EAGLE-style baseline
+# (both position signals off), same recipe, budget and seed; then AR and both drafts on the same test users.
+DRAFT_STEPS ?= 1000
+DRAFT_USERS ?= 4000
+EVAL_USERS  ?= 300
+REF          = runs/ref/$(DATA)
+.PHONY: reference-drafts
+reference-drafts: install
+	$(BIN)/padrec train-draft --target $(REF)/target --data $(SHARED)/$(DATA) --out $(REF)/draft-padrec \
+		--depth 5 --max-steps $(DRAFT_STEPS) --max-users $(DRAFT_USERS) --seed 0
+	$(BIN)/padrec train-draft --target $(REF)/target --data $(SHARED)/$(DATA) --out $(REF)/draft-none \
+		--depth 5 --max-steps $(DRAFT_STEPS) --max-users $(DRAFT_USERS) --seed 0 --no-item-pos --no-step-pos
+	$(BIN)/padrec recommend --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) --json \
+		--stats $(REF)/stats-ar.json > $(REF)/rec-ar.jsonl
+	for d in padrec none; do $(BIN)/padrec recommend --target $(REF)/target --data $(SHARED)/$(DATA) \
+		--users $(EVAL_USERS) --json --draft $(REF)/draft-$$d --stats $(REF)/stats-$$d.json > $(REF)/rec-$$d.jsonl; done
+	$(BIN)/python scripts/draft_evidence.py $(REF)
