@@ -12,7 +12,6 @@ SHARED  ?= ../shared/data
 
 $(BIN)/.padrec-installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
