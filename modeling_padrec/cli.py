@@ -186,7 +186,7 @@ def cmd_recommend(args) -> int:
 def cmd_evaluate(args) -> int:
     from tqdm.auto import tqdm
 
-    from .evaluate import evaluate_lists
+    from .evaluate import evaluate_lists, format_eval_table
     from .fileio import write_json_atomic
     from .hardware import hardware_info
 
@@ -200,7 +200,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         _print_json(report)
     else:
-        _print_eval_table(report)
+        print(format_eval_table(report))
     return 0
 
 
@@ -249,17 +249,6 @@ def recommend_stats(results, token_map, draft) -> dict:
         draft_ms_per_step=round(ms / steps, 4) if steps else None,
     )
     return out
-
-
-def _print_eval_table(report: dict) -> None:
-    keys = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
-    print(f"{'':10}" + "".join(f"{k:>11}" for k in keys))
-    print(f"{'target':10}" + "".join(f"{report[k]:>11.4f}" for k in keys))
-    print(f"{'mostpop':10}" + "".join(f"{report['mostpop'][k]:>11.4f}" for k in keys))
-    print(
-        f"users {report['users']}, valid_item_rate {report['valid_item_rate']}, "
-        f"distinct_items {report['distinct_items']}, distinct_first_items {report['distinct_first_items']}"
-    )
 
 
 # --------------------------------------------------------------------------- demo

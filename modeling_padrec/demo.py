@@ -16,7 +16,7 @@ def run_demo(
 ):
     from .data import load_dataset
     from .decoding import Recommender
-    from .evaluate import evaluate_lists
+    from .evaluate import evaluate_lists, format_eval_table
     from .synthetic import make_synthetic
     from .target import load_target
     from .training import TargetTrainArgs, train_target
@@ -53,12 +53,6 @@ def run_demo(
         print(
             f"           held out {dataset.test[user]}, {r.target_forwards} target forwards, {r.latency_ms:.0f} ms"
         )
-    keys = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
-    print(f"\n{'':10}" + "".join(f"{k:>11}" for k in keys))
-    print(f"{'target':10}" + "".join(f"{report[k]:>11.4f}" for k in keys))
-    print(f"{'mostpop':10}" + "".join(f"{report['mostpop'][k]:>11.4f}" for k in keys))
-    print(
-        f"valid_item_rate {report['valid_item_rate']}, distinct_first_items {report['distinct_first_items']}"
-    )
+    print("\n" + format_eval_table(report))
     print(f"\nreport: {out / 'evaluate.json'}   target: {target_dir}")
     return report

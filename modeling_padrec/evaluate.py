@@ -52,3 +52,17 @@ def evaluate_lists(
     report["distinct_first_items"] = len({v[0] for v in lists.values() if v and v[0] is not None})
     report["mostpop"] = ranking_metrics(mostpop_lists(dataset, list(lists), list_len), truth)
     return report
+
+
+def format_eval_table(report: dict) -> str:
+    """The target's and MostPop's ranking metrics side by side, plus validity and diversity."""
+    keys = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
+    return "\n".join(
+        [
+            f"{'':10}" + "".join(f"{k:>11}" for k in keys),
+            f"{'target':10}" + "".join(f"{report[k]:>11.4f}" for k in keys),
+            f"{'mostpop':10}" + "".join(f"{report['mostpop'][k]:>11.4f}" for k in keys),
+            f"users {report['users']}, valid_item_rate {report['valid_item_rate']}, "
+            f"distinct_items {report['distinct_items']}, distinct_first_items {report['distinct_first_items']}",
+        ]
+    )
