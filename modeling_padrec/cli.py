@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-step-pos", action="store_true", help="switch off the gated draft-step embedding")
     t.add_argument("--max-steps", type=_positive, default=300)
     t.add_argument("--batch-size", type=_positive, default=16)
-    t.add_argument("--max-users", type=_positive, default=4000, help="training users whose lists are distilled")
+    t.add_argument(
+        "--max-users", type=_positive, default=4000, help="training users whose lists are distilled"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train_draft)
 

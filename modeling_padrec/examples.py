@@ -52,6 +52,7 @@ class SequenceExamples(Dataset):
     def __init__(self, dataset: RecDataset, encoder: ItemEncoder, max_items: int = 30):
         self.rows = [s[-max_items:] for s in dataset.train.values() if len(s) >= 2]
         self.enc = encoder
+        self.lengths = [len(r) for r in self.rows]  # items: for length grouping
 
     def __len__(self):
         return len(self.rows)
@@ -79,6 +80,9 @@ class ListwiseExamples(Dataset):
         self.cuts = cuts
         self.train = dataset.train
         self.enc, self.history_len, self.list_len = encoder, history_len, list_len
+        self.lengths = [  # items in prompt + list, for length grouping
+            min(cut, history_len) + min(list_len, len(self.train[u]) - cut) for u, cut in cuts
+        ]
 
     def __len__(self):
         return len(self.cuts)

@@ -1,5 +1,7 @@
 """A small, readable training loop on accelerate, shared by every padrec model that trains.
 
+* batches group examples of similar length (when the dataset says its ``lengths``), so compute goes to tokens,
+  not padding;
 * one process or many (``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 ...``): the model and optimizer go
   through ``Accelerator.prepare``; batches are sharded by hand from a per-epoch permutation seeded by
   ``seed + epoch``, so the data order is a pure function of (seed, step) and a resumed run sees exactly the
@@ -107,6 +109,24 @@ class Checkpointer:
         return int(state["step"])
 
 
+def epoch_batches(dataset, batch_size: int, seed: int, group: int = 64) -> list[list[int]]:
+    """One epoch's batches, a pure function of ``seed``. If the dataset has ``lengths``, examples of similar
+    length share a batch (sorted within windows of ``group`` batches, then the batches shuffled), so little of a
+    batch is padding; otherwise plain random batches. Incomplete batches are dropped."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=g).tolist()
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is not None:
+        window = batch_size * group
+        order = [
+            i
+            for w in range(0, len(order), window)
+            for i in sorted(order[w : w + window], key=lengths.__getitem__)
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
 def _truncate_log(path: Path, stage: str, start: int) -> None:
     if not path.is_file():
         return
@@ -161,16 +181,14 @@ def train_stage(
         disable=not accelerator.is_main_process,
         dynamic_ncols=True,
     )
-    t0, running, order, epoch = time.time(), [], None, -1
+    t0, running, batches, epoch = time.time(), [], None, -1
     for step in range(start, cfg.max_steps):
         if step // per_epoch != epoch:
             epoch = step // per_epoch
-            g = torch.Generator().manual_seed(seed + epoch)
-            order = torch.randperm(len(dataset), generator=g)[rank::world].tolist()
+            batches = epoch_batches(dataset, cfg.batch_size, seed + epoch)[rank::world]
         # randomness (dropout) is a pure function of (seed, step, rank), so a resumed run matches exactly
         torch.manual_seed(seed * 1_000_003 + step * 101 + rank)
-        pos = (step % per_epoch) * cfg.batch_size
-        batch = collate_fn([dataset[i] for i in order[pos : pos + cfg.batch_size]])
+        batch = collate_fn([dataset[i] for i in batches[step % per_epoch]])
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         loss, metrics = loss_fn(model, batch)
         accelerator.backward(loss)
@@ -215,7 +233,7 @@ def train_stage(
 # --------------------------------------------------------------------------- the target recipe
 
 # Steps per stage when --max-steps is not given: (stage-1 sequence pretraining, stage-2 LoRA list-wise).
-DEFAULT_STEPS = {"qwen2-tiny": (300, 300), "qwen2-small": (700, 600), None: (0, 1000)}
+DEFAULT_STEPS = {"qwen2-tiny": (300, 300), "qwen2-small": (2500, 2000), None: (0, 1000)}
 
 
 @dataclass
