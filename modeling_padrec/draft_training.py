@@ -64,6 +64,7 @@ class DraftExamples(Dataset):
 
     def __init__(self, ids: list[torch.Tensor], features: list[torch.Tensor], prompt_lens: list[int]):
         self.ids, self.features, self.prompt_lens = ids, features, prompt_lens
+        self.lengths = [len(x) for x in ids]  # for length-grouped batches
 
     def __len__(self) -> int:
         return len(self.ids)
