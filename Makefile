@@ -33,7 +33,7 @@ reference-target: install
 	$(BIN)/padrec train-target --data $(SHARED)/$(DATA) --out runs/ref/$(DATA)/target --base qwen2-small --seed 0
 	$(BIN)/padrec evaluate --target runs/ref/$(DATA)/target --data $(SHARED)/$(DATA) --users 500 --json \
 		--out runs/ref/$(DATA)/eval-500.json
-	$(BIN)/padrec evaluate --target runs/ref/$(DATA)/target --data $(SHARED)/$(DATA) --json \
+	$(BIN)/padrec evaluate --target runs/ref/$(DATA)/target --data $(SHARED)/$(DATA) --json --batch-size 64 \
 		--out runs/ref/$(DATA)/eval-all.json
 
 # Rewrite the README's reference table from runs/ref/*/eval-*.json.
