@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from isolated import run_isolated
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,9 @@ def _lines(run) -> list[dict]:
     return [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
 
 
-def test_recommend_with_draft_is_identical_with_fewer_target_forwards(trained_draft, tiny_target, synthetic_dir):
+def test_recommend_with_draft_is_identical_with_fewer_target_forwards(
+    trained_draft, tiny_target, synthetic_dir
+):
     common = ["recommend", "--target", tiny_target, "--data", synthetic_dir, "--users", "30", "--json"]
     plain = _lines(padrec(*common))
     assisted = _lines(padrec(*common, "--draft", trained_draft))
@@ -94,19 +97,11 @@ print(json.dumps({"same": plain.tolist() == assisted.tolist(), "new": plain.shap
 
 
 def test_isolated_process_hf_calls_only(trained_draft, tiny_target, synthetic_dir, tmp_path):
-    prompts = _lines(padrec("recommend", "--target", tiny_target, "--data", synthetic_dir, "--users", "3", "--json"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    prompts = _lines(
+        padrec("recommend", "--target", tiny_target, "--data", synthetic_dir, "--users", "3", "--json")
+    )
     for row in prompts:
-        run = subprocess.run(
-            [sys.executable, "-c", ISOLATED, str(trained_draft), str(tiny_target), json.dumps(row["prompt_ids"])],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
-        result = json.loads(run.stdout.strip().splitlines()[-1])
+        args = [str(trained_draft), str(tiny_target), json.dumps(row["prompt_ids"])]
+        result = run_isolated(ISOLATED, args, tmp_path)
         assert result["blocked"] and result["cls"].startswith("transformers_modules.")
         assert result["same"] and result["new"] > 0 and result["rounds"] > 0

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from draft_world import make_world, one_thread  # noqa: F401
+from isolated import run_isolated
 
 import modeling_padrec
 from modeling_padrec.draft import new_draft
@@ -83,7 +82,7 @@ def test_saved_draft_loads_with_trust_remote_code_alone(tmp_path):
     draft = new_draft(w.target, w.token_map, depth=3, seed=4)
     with torch.no_grad():
         draft.signals.slot_scale.fill_(0.37)  # a weight that differs from its initial value
-    folder, target_dir, modules = tmp_path / "draft", tmp_path / "target", tmp_path / "hf_modules"
+    folder, target_dir = tmp_path / "draft", tmp_path / "target"
     draft.save_pretrained(folder)
     w.target.save_pretrained(target_dir)
     config = json.loads((folder / "config.json").read_text())
@@ -96,21 +95,8 @@ def test_saved_draft_loads_with_trust_remote_code_alone(tmp_path):
         generation["num_assistant_tokens"] == 3 and generation["num_assistant_tokens_schedule"] == "constant"
     )
 
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")}
-    env.update(
-        HF_MODULES_CACHE=str(modules), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1"
-    )
     prompt = w.prompt([0, 1])[0].tolist()
-    run = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(target_dir), json.dumps(prompt)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = run_isolated(REMOTE_SCRIPT, [str(folder), str(target_dir), json.dumps(prompt)], tmp_path)
     assert result["config_class"] == "PadRecDraftConfig" and result["model_class"] == "PadRecDraftModel"
     assert result["config_module"].startswith("transformers_modules.")
     assert result["model_module"].startswith("transformers_modules.")
@@ -118,4 +104,6 @@ def test_saved_draft_loads_with_trust_remote_code_alone(tmp_path):
     assert (result["depth"], result["schedule"]) == (3, "constant")
     assert result["lossless"] and result["rounds"] >= 1
     assert result["blocked"]
-    assert any(modules.rglob("modeling_padrec_draft.py"))  # the code really came from the module cache
+    assert any(
+        (tmp_path / "hf_modules").rglob("modeling_padrec_draft.py")
+    )  # the code really came from the module cache
