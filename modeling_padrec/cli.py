@@ -157,7 +157,7 @@ def cmd_recommend(args) -> int:
             rec.target.model, rec.token_map
         )
         kwargs["assistant_model"] = draft
-    results = []
+    results, draft_summaries = [], []
     if args.warmup:  # one untimed request first: lazy initialisation stays out of the figures
         rec.recommend(users[0], args.split, **kwargs)
     for user in tqdm(users, desc="recommend", disable=args.json or not sys.stderr.isatty()):
@@ -167,16 +167,16 @@ def cmd_recommend(args) -> int:
         results.append(r)
         if draft is not None:
             r.extra["accepted_per_round"] = draft.stats.accepted_per_round()
-            r.extra["_draft_stats"] = draft.stats.summary()
+            draft_summaries.append(draft.stats.summary())
         if args.json:
-            _print_json({k: v for k, v in r.to_json().items() if not k.startswith("_")})
+            _print_json(r.to_json())
         else:
             print(f"user {r.user}: {r.items}  ({r.latency_ms:.1f} ms, {r.target_forwards} target forwards)")
     if args.stats:
         from .fileio import write_json_atomic
         from .hardware import hardware_info
 
-        stats = recommend_stats(results, rec.token_map, draft)
+        stats = recommend_stats(results, rec.token_map, draft, draft_summaries)
         stats.update(target=str(args.target), draft=args.draft, data=str(args.data), split=args.split,
                      hardware=hardware_info(str(rec.device)))  # fmt: skip
         write_json_atomic(args.stats, stats, indent=2)
@@ -204,7 +204,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def recommend_stats(results, token_map, draft) -> dict:
+def recommend_stats(results, token_map, draft, draft_summaries: list[dict]) -> dict:
     """Aggregate over a recommend run: tau, target forward time, and (with a draft) acceptance and draft cost."""
     import statistics
 
@@ -224,8 +224,7 @@ def recommend_stats(results, token_map, draft) -> dict:
     accepted = [0] * len(names)
     by_step: dict[int, list[int]] = {}
     ms, steps = 0.0, 0
-    for r in results:
-        st = r.extra["_draft_stats"]
+    for st in draft_summaries:
         for slot, (a, n) in enumerate(st["acceptance_by_slot_counts"]):
             accepted[slot] += a
             reached[slot] += n

@@ -53,10 +53,12 @@ class Recommendation:
     items: list[int | None]
     latency_ms: float
     target_forwards: int
+    forward_ms: float = 0.0  # time inside the target's forwards (run statistics, not in the JSON line)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = asdict(self)
+        d.pop("forward_ms")
         d.update(d.pop("extra"))
         return d
 
@@ -112,9 +114,9 @@ class Recommender:
             out = self.generate(ids, torch.ones_like(ids), **generate_kwargs)
             latency = (time.perf_counter() - t0) * 1000
         gen = self.trim(out[0, len(prompt) :].tolist())
-        rec = Recommendation(user, prompt, gen, self.items(gen), round(latency, 3), counter.count)
-        rec.forward_ms = 1000 * counter.seconds  # time inside the target's forwards (not in the JSON line)
-        return rec
+        return Recommendation(
+            user, prompt, gen, self.items(gen), round(latency, 3), counter.count, 1000 * counter.seconds
+        )
 
     def recommend_batch(self, users: list[str], split: str = "test", batch_size: int = 32, progress=None):
         """Lists for many users, left-padded batches (for evaluation; no per-user timing)."""

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .errors import DataError
+from .fileio import staged_dir
 
 LOG_NAME = "train_log.jsonl"
 
@@ -73,17 +74,10 @@ class Checkpointer:
         for i, state in optimizer.state_dict()["state"].items():
             for k, v in state.items():
                 opt[f"{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).contiguous().clone()
-        tmp = self.folder / "ckpt.tmp"
-        tmp.mkdir(exist_ok=True)
-        save_file(weights, tmp / "weights.safetensors")
-        save_file(opt, tmp / "optimizer.safetensors")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
-        final = self.folder / "ckpt"
-        if final.exists():
-            for f in final.iterdir():
-                f.unlink()
-            final.rmdir()
-        tmp.rename(final)
+        with staged_dir(self.folder / "ckpt") as tmp:
+            save_file(weights, tmp / "weights.safetensors")
+            save_file(opt, tmp / "optimizer.safetensors")
+            (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
 
     def load(self, model, optimizer) -> int:
         """Restore the latest checkpoint if it matches this run; return the step to continue from."""
