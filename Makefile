@@ -28,30 +28,64 @@ test: install
 lint: install
 	$(BIN)/ruff check modeling_padrec tests && $(BIN)/ruff format --check modeling_padrec tests
 
-# The CPU reference target for one dataset: train (about 40-70 min on 2 cores), then evaluate.
-reference-target: install
-	$(BIN)/padrec train-target --data $(SHARED)/$(DATA) --out runs/ref/$(DATA)/target --base qwen2-small --seed 0
-	$(BIN)/padrec evaluate --target runs/ref/$(DATA)/target --data $(SHARED)/$(DATA) --users 500 --json \
-		--out runs/ref/$(DATA)/eval-500.json
-	$(BIN)/padrec evaluate --target runs/ref/$(DATA)/target --data $(SHARED)/$(DATA) --json --batch-size 64 \
-		--out runs/ref/$(DATA)/eval-all.json
+# The CPU reference target for one dataset: train (about 30 min on one core), then evaluate. Kept if present.
+REF = runs/ref/$(DATA)
+.PHONY: reference-target
+reference-target: install $(REF)/target/padrec_target.json
+
+$(REF)/target/padrec_target.json:
+	$(BIN)/padrec train-target --data $(SHARED)/$(DATA) --out $(REF)/target --base qwen2-small --seed 0
+	$(BIN)/padrec evaluate --target $(REF)/target --data $(SHARED)/$(DATA) --users 500 --json \
+		--out $(REF)/eval-500.json
+	$(BIN)/padrec evaluate --target $(REF)/target --data $(SHARED)/$(DATA) --json --batch-size 64 \
+		--out $(REF)/eval-all.json
 
 # Rewrite the README's reference table from runs/ref/*/eval-*.json.
 reference-table: install
 	$(BIN)/python scripts/reference_table.py README.md runs/ref
 
-# Issue-3 evidence on one dataset with its reference target: the PAD-Rec draft and the EAGLE-style baseline
-# (both position signals off), same recipe, budget and seed; then AR and both drafts on the same test users.
+# The four-way draft ablation for one dataset with its reference target: same recipe, budget and seed, one flag
+# apart. An existing draft folder is kept (delete it to retrain).
 DRAFT_STEPS ?= 1000
 DRAFT_USERS ?= 4000
+DRAFT_DEPTH ?= 5
 EVAL_USERS  ?= 300
-REF          = runs/ref/$(DATA)
+CACHE        = --cache-dir $(REF)/distill-cache
+DRAFT_FLAGS_padrec =
+DRAFT_FLAGS_item   = --no-step-pos
+DRAFT_FLAGS_step   = --no-item-pos
+DRAFT_FLAGS_none   = --no-item-pos --no-step-pos
+ABLATION = padrec item step none
+
+$(REF)/draft-%/model.safetensors:
+	$(BIN)/padrec train-draft --target $(REF)/target --data $(SHARED)/$(DATA) --out $(REF)/draft-$* \
+		--depth $(DRAFT_DEPTH) --max-steps $(DRAFT_STEPS) --max-users $(DRAFT_USERS) --seed 0 $(CACHE) $(DRAFT_FLAGS_$*)
+
 .PHONY: reference-drafts
-reference-drafts: install
-	$(BIN)/padrec train-draft --target $(REF)/target --data $(SHARED)/$(DATA) --out $(REF)/draft-padrec \
-		--depth 5 --max-steps $(DRAFT_STEPS) --max-users $(DRAFT_USERS) --seed 0
-	$(BIN)/padrec train-draft --target $(REF)/target --data $(SHARED)/$(DATA) --out $(REF)/draft-none \
-		--depth 5 --max-steps $(DRAFT_STEPS) --max-users $(DRAFT_USERS) --seed 0 --no-item-pos --no-step-pos
+reference-drafts: install $(foreach d,$(ABLATION),$(REF)/draft-$(d)/model.safetensors)
+
+# The vanilla speculative-decoding baseline: a 1-layer Qwen2 assistant distilled on the same lists.
+$(REF)/assistant/model.safetensors:
+	$(BIN)/padrec train-assistant --target $(REF)/target --data $(SHARED)/$(DATA) --out $(REF)/assistant \
+		--layers 1 --depth $(DRAFT_DEPTH) --max-steps $(DRAFT_STEPS) --max-users $(DRAFT_USERS) --seed 0 $(CACHE)
+
+# Every method on the same test users, interleaved: ar, prompt lookup, small LM, the four drafts.
+.PHONY: reference-bench
+reference-bench: install reference-drafts $(REF)/assistant/model.safetensors
+	$(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) \
+		--assistant $(REF)/assistant $(foreach d,$(ABLATION),--draft $(REF)/draft-$(d)) --out $(REF)/bench
+
+# The whole reference run for one dataset: target (once), four drafts, assistant, bench. Then
+# `make reference-results` copies the reports into results/ and rewrites the README's benchmark table.
+.PHONY: reference-run reference-results
+reference-run: reference-target reference-bench
+
+reference-results: install
+	$(BIN)/python scripts/bench_table.py README.md runs/ref results
+
+# Issue-3 evidence: AR and the PAD-Rec / no-position drafts on the same test users, outputs compared.
+.PHONY: reference-draft-evidence
+reference-draft-evidence: install $(REF)/draft-padrec/model.safetensors $(REF)/draft-none/model.safetensors
 	$(BIN)/padrec recommend --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) --json \
 		--stats $(REF)/stats-ar.json > $(REF)/rec-ar.jsonl
 	for d in padrec none; do $(BIN)/padrec recommend --target $(REF)/target --data $(SHARED)/$(DATA) \

@@ -122,9 +122,34 @@ def cmd_train_draft(args) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         max_users=args.max_users,
+        cache_dir=args.cache_dir,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"draft written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_train_assistant(args) -> int:
+    from .assistant import train_assistant
+    from .data import load_dataset
+    from .target import load_target
+
+    load_dataset(args.data)
+    load_target(args.target)
+    out = train_assistant(
+        args.target,
+        args.data,
+        args.out,
+        layers=args.layers,
+        depth=args.depth,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_users=args.max_users,
+        cache_dir=args.cache_dir,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"assistant written to {out}", file=sys.stderr)
     return 0
 
 
@@ -250,13 +275,47 @@ def recommend_stats(results, token_map, draft, draft_summaries: list[dict]) -> d
     return out
 
 
+# --------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, report_markdown, run_bench
+
+    cfg = BenchConfig(
+        target=args.target,
+        data=args.data,
+        drafts=list(args.draft),
+        assistant=args.assistant,
+        split=args.split,
+        users=args.users,
+        list_len=args.list_len,
+        warmup=args.warmup,
+        lookup_tokens=args.lookup_tokens,
+        device=_device(args.device),
+    )
+    report = run_bench(cfg, out=args.out, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        _print_json(report)
+    else:
+        print(report_markdown(report))
+        print(f"report: {Path(args.out) / 'report.md'}" if args.out else "(no --out: nothing written)")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(out=Path(args.out), data=args.data, base=args.base, max_steps=args.max_steps, users=args.users)
+    run_demo(
+        out=Path(args.out),
+        data=args.data,
+        base=args.base,
+        max_steps=args.max_steps,
+        users=args.users,
+        bench_users=args.bench_users,
+    )
     return 0
 
 
@@ -345,14 +404,56 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-users", type=_positive, default=4000, help="training users whose lists are distilled"
     )
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--cache-dir",
+        help="keep the target's distillation lists here (shared by ablations; default: OUT.work)",
+    )
     t.set_defaults(func=cmd_train_draft)
 
-    m = sub.add_parser("demo", help="the whole chain, small: synthetic catalog → IDs → target → evaluation")
+    t = sub.add_parser("train-assistant", help="distil a small standalone Qwen2 assistant (vanilla SD)")
+    t.add_argument("--target", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--layers", type=_positive, default=1, help="decoder layers (1 or 2 in the benchmark)")
+    t.add_argument("--depth", type=_positive, default=5, help="tokens drafted per round")
+    t.add_argument("--max-steps", type=_positive, default=1000)
+    t.add_argument("--batch-size", type=_positive, default=16)
+    t.add_argument("--max-users", type=_positive, default=4000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--cache-dir",
+        help="keep the target's distillation lists here (shared with train-draft; default: OUT.work)",
+    )
+    t.set_defaults(func=cmd_train_assistant)
+
+    b = sub.add_parser(
+        "bench", help="every decoding method on the same requests, interleaved; lossless check"
+    )
+    b.add_argument("--target", required=True)
+    b.add_argument("--data", required=True)
+    b.add_argument(
+        "--draft", action="append", default=[], help="a draft folder (DIR or NAME=DIR); repeat for ablations"
+    )
+    b.add_argument("--assistant", help="a small-LM assistant folder (padrec train-assistant)")
+    b.add_argument("--split", default="test", choices=["valid", "test"])
+    b.add_argument("--users", type=_positive, default=300, help="measured requests (first N users)")
+    b.add_argument("--warmup", type=int, default=3, help="requests run first and left out of the figures")
+    b.add_argument("--list-len", type=_positive, help="items per list (default: the target's)")
+    b.add_argument("--lookup-tokens", type=_positive, default=5, help="prompt-lookup tokens per round")
+    b.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    b.add_argument("--out", help="report folder (report.json, report.md, requests.jsonl, plots)")
+    b.add_argument("--json", action="store_true", help="print report.json instead of the tables")
+    b.set_defaults(func=cmd_bench)
+
+    m = sub.add_parser(
+        "demo", help="the whole chain, small: synthetic catalog → IDs → target → drafts → bench"
+    )
     m.add_argument("--data", help="a real dataset folder instead of the synthetic catalog")
     m.add_argument("--out", default="runs/demo")
     m.add_argument("--base", default="qwen2-tiny")
     m.add_argument("--max-steps", type=_positive, default=300)
-    m.add_argument("--users", type=_positive, default=200)
+    m.add_argument("--users", type=_positive, default=200, help="test users evaluated")
+    m.add_argument("--bench-users", type=_positive, default=50, help="test users benchmarked")
     m.set_defaults(func=cmd_demo)
     return p
 

@@ -1,7 +1,8 @@
 """``padrec demo``: the whole chain, small enough to run anywhere in a few minutes.
 
 synthetic catalog (or ``--data``) → semantic IDs → list-wise LoRA target → constrained recommendations →
-Recall/NDCG against MostPop. Everything is written under ``--out``.
+Recall/NDCG against MostPop → PAD-Rec draft and its no-position ablation, small-LM assistant → ``padrec bench``.
+Everything is written under ``--out``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,18 @@ from pathlib import Path
 
 
 def run_demo(
-    out: Path, data: str | None = None, base: str = "qwen2-tiny", max_steps: int = 300, users: int = 200
+    out: Path,
+    data: str | None = None,
+    base: str = "qwen2-tiny",
+    max_steps: int = 300,
+    users: int = 200,
+    bench_users: int = 50,
 ):
+    from .assistant import train_assistant
+    from .bench import BenchConfig, report_markdown, run_bench
     from .data import load_dataset
     from .decoding import Recommender
+    from .draft_training import train_draft
     from .evaluate import evaluate_lists, format_eval_table
     from .synthetic import make_synthetic
     from .target import load_target
@@ -24,11 +33,11 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     if data is None:
         data_dir = out / "data"
-        print(f"[1/4] synthetic catalog + semantic IDs (residual k-means) → {data_dir}", file=sys.stderr)
+        print(f"[1/7] synthetic catalog + semantic IDs (residual k-means) → {data_dir}", file=sys.stderr)
         make_synthetic(data_dir, seed=0)
     else:
         data_dir = Path(data)
-        print(f"[1/4] dataset {data_dir}", file=sys.stderr)
+        print(f"[1/7] dataset {data_dir}", file=sys.stderr)
     dataset = load_dataset(data_dir)
     summary = dataset.summary()
     print(
@@ -37,16 +46,16 @@ def run_demo(
         file=sys.stderr,
     )
     target_dir = out / "target"
-    print(f"[2/4] training the target ({base}, {max_steps} steps per stage) → {target_dir}", file=sys.stderr)
+    print(f"[2/7] training the target ({base}, {max_steps} steps per stage) → {target_dir}", file=sys.stderr)
     train_target(TargetTrainArgs(data=str(data_dir), out=str(target_dir), base=base, max_steps=max_steps))
-    print(f"[3/4] recommending for {users} test users (constrained greedy decoding)", file=sys.stderr)
+    print(f"[3/7] recommending for {users} test users (constrained greedy decoding)", file=sys.stderr)
     target = load_target(target_dir)
     rec = Recommender(target, dataset)
     eval_users = dataset.eval_users("test")[:users]
     lists = rec.recommend_batch(eval_users, "test")
     report = evaluate_lists(lists, dataset, "test", rec.list_len)
     (out / "evaluate.json").write_text(json.dumps(report, indent=2) + "\n")
-    print("[4/4] results", file=sys.stderr)
+    print("[4/7] results", file=sys.stderr)
     for user in eval_users[:3]:
         r = rec.recommend(user)
         print(f"  user {user}: history {dataset.history(user, 'test')[-5:]} → {r.items}")
@@ -54,5 +63,30 @@ def run_demo(
             f"           held out {dataset.test[user]}, {r.target_forwards} target forwards, {r.latency_ms:.0f} ms"
         )
     print("\n" + format_eval_table(report))
-    print(f"\nreport: {out / 'evaluate.json'}   target: {target_dir}")
+
+    cache = out / "distill-cache"  # the target's lists, computed once for both drafts and the assistant
+    drafts = {"draft-padrec": (True, True), "draft-none": (False, False)}
+    for name, (item, step) in drafts.items():
+        which = "PAD-Rec draft" if item else "no-position draft (ablation)"
+        print(f"[5/7] training the {which}, {max_steps} steps → {out / name}", file=sys.stderr)
+        train_draft(target_dir, data_dir, out / name, depth=4, use_item_position=item, use_step_position=step,
+                    max_steps=max_steps, max_users=1000, cache_dir=str(cache))  # fmt: skip
+    print(f"[6/7] distilling the small-LM assistant (1 layer) → {out / 'assistant'}", file=sys.stderr)
+    train_assistant(target_dir, data_dir, out / "assistant", depth=4, max_steps=max_steps, max_users=1000,
+                    cache_dir=str(cache))  # fmt: skip
+    print(f"[7/7] padrec bench on {bench_users} test users (every method, interleaved)", file=sys.stderr)
+    bench = run_bench(
+        BenchConfig(
+            str(target_dir),
+            str(data_dir),
+            drafts=[str(out / d) for d in drafts],
+            assistant=str(out / "assistant"),
+            users=bench_users,
+        ),  # fmt: skip
+        out=out / "bench",
+        progress=sys.stderr.isatty(),
+    )
+    print("\n" + report_markdown(bench))
+    print(f"evaluation: {out / 'evaluate.json'}   bench report: {out / 'bench' / 'report.md'}")
+    print(f"target: {target_dir}   drafts: {', '.join(str(out / d) for d in drafts)}")
     return report

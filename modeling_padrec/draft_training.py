@@ -2,7 +2,9 @@
 
 1. **Data, once.** For training users (cut points inside their *train* sequences only, so no validation or test
    prompt is ever seen), the target writes its own greedy, catalog-constrained list. The target's last hidden
-   states over ``prompt + list`` are computed once and cached in ``<out>.work/features.safetensors``.
+   states over ``prompt + list`` are computed once and cached in ``<out>.work/features.safetensors`` (or in
+   ``cache_dir``, which several trainings on the same target and data can share: the ablation drafts and the
+   small-LM assistant all read the same lists).
 2. **Loss.** At draft position t the input is (f_t, x_{t+1}); the output must predict f_{t+1} (smooth L1) and
    the target's next-token distribution at t+1 over the recommendation vocabulary (soft cross-entropy).
 3. **Training-time test.** Step k = 0..K-1 is unrolled: step k at position t reads the feature that step k-1
@@ -54,6 +56,7 @@ class DraftTrainArgs:
     feature_weight: float = 1.0
     token_weight: float = 1.0
     save_every: int = 200
+    cache_dir: str | None = None
 
 
 # --------------------------------------------------------------------------- data: the target's own lists
@@ -74,13 +77,17 @@ class DraftExamples(Dataset):
 
     def save(self, path: Path, fingerprint: dict) -> None:
         lengths = torch.tensor([len(x) for x in self.ids])
+        import os
+
         tensors = {
             "input_ids": torch.cat(self.ids),
             "features": torch.cat(self.features).contiguous(),
             "lengths": lengths,
             "prompt_lens": torch.tensor(self.prompt_lens),
         }
-        save_file(tensors, path, metadata={"fingerprint": json.dumps(fingerprint, sort_keys=True)})
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # readers never see a half-written cache
+        save_file(tensors, tmp, metadata={"fingerprint": json.dumps(fingerprint, sort_keys=True)})
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path, fingerprint: dict) -> DraftExamples | None:
@@ -256,6 +263,34 @@ def draft_loss(
 # --------------------------------------------------------------------------- the recipe
 
 
+def distillation_examples(
+    recommender, target_dir, data, work: Path, max_users, prompts_per_user: int, seed: int, accelerator
+) -> DraftExamples:
+    """The target's lists and features for training prompts, cached in the folder ``work`` (reused while the
+    target, data, token layout and sampling settings are unchanged). Shared by the draft and the small-LM
+    assistant."""
+    work.mkdir(parents=True, exist_ok=True)
+    fingerprint = {
+        "target": str(Path(target_dir).absolute()),
+        "data": str(Path(data).absolute()),
+        "token_map": recommender.token_map.fingerprint(),
+        "max_users": max_users,
+        "prompts_per_user": prompts_per_user,
+        "seed": seed,
+    }
+    examples = DraftExamples.load(work / FEATURES_NAME, fingerprint)
+    if examples is None:
+        history_len = recommender.target.meta.history_len
+        prompts = training_prompts(
+            recommender.dataset, recommender.encoder, history_len, max_users, prompts_per_user, seed
+        )
+        examples = build_examples(recommender, prompts)
+        if accelerator.is_main_process:
+            examples.save(work / FEATURES_NAME, fingerprint)
+        accelerator.wait_for_everyone()
+    return examples
+
+
 def train_draft(
     target_dir: str | Path,
     data: str | Path,
@@ -304,28 +339,21 @@ def train_draft(
     work = out.with_name(f"{out.name}.work")
     work.mkdir(parents=True, exist_ok=True)
 
-    data_fingerprint = {
-        "target": str(Path(target_dir).absolute()),
-        "data": str(Path(data).absolute()),
-        "token_map": tm.fingerprint(),
-        "max_users": args.max_users,
-        "prompts_per_user": args.prompts_per_user,
-        "seed": seed,
-    }
-    examples = DraftExamples.load(work / FEATURES_NAME, data_fingerprint)
-    if examples is None:
-        prompts = training_prompts(
-            dataset, recommender.encoder, target.meta.history_len, args.max_users, args.prompts_per_user, seed
-        )
-        examples = build_examples(recommender, prompts)
-        if accelerator.is_main_process:
-            examples.save(work / FEATURES_NAME, data_fingerprint)
-        accelerator.wait_for_everyone()
+    examples = distillation_examples(
+        recommender,
+        target_dir,
+        data,
+        Path(args.cache_dir) if args.cache_dir else work,
+        args.max_users,
+        args.prompts_per_user,
+        seed,
+        accelerator,
+    )
 
     draft = new_draft(target, tm, depth, use_item_position, use_step_position, seed=seed)
     draft.train()
     head = rec_head(target.model, draft.config.rec_token_ids)
-    fingerprint = {k: v for k, v in asdict(args).items() if k not in ("out", "save_every")}
+    fingerprint = {k: v for k, v in asdict(args).items() if k not in ("out", "save_every", "cache_dir")}
     last: dict[str, float] = {}
 
     def loss_fn(model, batch):

@@ -1,0 +1,101 @@
+"""Publish the reference benchmark: copy each dataset's bench report into ``results/`` and rewrite the README's
+benchmark table from the copied ``report.json`` files, so no figure in the README is typed by hand.
+
+    python scripts/bench_table.py README.md runs/ref results
+
+For every ``runs/ref/<dataset>/bench/report.json``: ``report.json``, ``report.md`` and the PNG plots go to
+``results/<dataset>/`` (staged, then moved into place); the block between ``<!-- bench-table:start -->`` and
+``<!-- bench-table:end -->`` in README.md gets one table per dataset and the issue's goals checked against the
+figures (PAD-Rec vs the no-position draft of the same recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from modeling_padrec.fileio import staged_dir
+
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+FILES = ("report.json", "report.md", "speedup.png", "alpha_by_step.png", "alpha_by_slot.png", "latency.png")
+
+
+def publish(runs: Path, results: Path) -> list[Path]:
+    published = []
+    for report in sorted(runs.glob("*/bench/report.json")):
+        dest = results / report.parent.parent.name
+        with staged_dir(dest) as tmp:
+            for name in FILES:
+                shutil.copyfile(report.parent / name, tmp / name)
+        published.append(dest)
+    return published
+
+
+def goals(methods: dict) -> str:
+    """The issue's goals on this CPU, each computed from the report."""
+    pad, none = methods.get("pad-rec"), methods.get("no-position")
+    if pad is None:
+        return "no pad-rec draft in this report"
+    checks = [
+        (f"PAD-Rec speedup {pad['speedup']:.2f}× ≥ 2.5×", pad["speedup"] >= 2.5),
+        (f"τ {pad['tau']:.2f} ≥ 4.5", pad["tau"] >= 4.5),
+        ("every method identical = 1.0", all(m["identical"] == 1.0 for m in methods.values())),
+    ]
+    if none is not None:
+        ds = pad["speedup"] / none["speedup"] - 1
+        dt = pad["tau"] / none["tau"] - 1
+        checks += [
+            (f"speedup vs no-position {ds:+.1%} (goal ≥ +5%)", ds >= 0.05),
+            (f"τ vs no-position {dt:+.1%} (goal ≥ +8%)", dt >= 0.08),
+        ]
+    return "; ".join(f"{text} **{'met' if ok else 'not met'}**" for text, ok in checks)
+
+
+def render(results: Path, readme_dir: Path) -> str:
+    blocks = []
+    for folder in sorted(p for p in results.iterdir() if (p / "report.json").is_file()):
+        report = json.loads((folder / "report.json").read_text())
+        hw, cfg = report["hardware"], report["config"]
+        rel = folder.relative_to(readme_dir) if folder.is_relative_to(readme_dir) else folder
+        lines = [
+            f"**{folder.name}**: {cfg['measured_requests']} test users, list length {cfg['list_len']}, "
+            f"{hw['cpu']}, torch {hw['torch']} ({hw['torch_threads']} thread"
+            f"{'s' if hw['torch_threads'] != 1 else ''}), device {hw['device']}. "
+            f"[report]({rel}/report.md) · [speedup]({rel}/speedup.png) · [α by step]({rel}/alpha_by_step.png) · "
+            f"[α by slot]({rel}/alpha_by_slot.png) · [latency]({rel}/latency.png)",
+            "",
+            "| method | speedup (p10–p90) | latency ms median | τ | α by step | identical | R@10 | N@10 "
+            "| draft ms / step |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, m in report["methods"].items():
+            alphas = " ".join(f"{a:.2f}" for a in m["alpha_by_step"]) or "–"
+            draft = "–" if m["draft_ms_per_step"] is None else f"{m['draft_ms_per_step']:.2f}"
+            lines.append(
+                f"| {name} | {m['speedup']:.2f}× ({m['speedup_p10']:.2f}–{m['speedup_p90']:.2f}) "
+                f"| {m['latency_ms_median']:.0f} | {m['tau']:.2f} | {alphas} | {m['identical']:.3f} "
+                f"| {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | {draft} |"
+            )
+        lines += ["", f"Goals: {goals(report['methods'])}."]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) if blocks else "(no benchmark reports yet: run `make reference-run`)"
+
+
+def main(readme: str, runs: str, results: str) -> int:
+    path = Path(readme)
+    text = path.read_text()
+    if START not in text or END not in text:
+        print(f"{path}: no {START} ... {END} block", file=sys.stderr)
+        return 2
+    publish(Path(runs), Path(results))
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    table = render(Path(results).absolute(), path.absolute().parent)
+    path.write_text(f"{before}{START}\n{table}\n{END}{after}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:4]))

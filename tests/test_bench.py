@@ -1,0 +1,190 @@
+"""``padrec bench`` on tiny models: report structure, plots, identical = 1.0, the mismatch refusal, and the
+acceptance bookkeeping. No timing is asserted anywhere: speed is what the benchmark reports, not a test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import LogitsProcessor
+
+from modeling_padrec import bench as bench_module
+from modeling_padrec.bench import (
+    REPORT_KEYS,
+    BenchConfig,
+    BenchMismatch,
+    Measurement,
+    Method,
+    run_bench,
+    summarize,
+)
+from modeling_padrec.cli import main
+from modeling_padrec.data import load_dataset
+from modeling_padrec.decoding import Recommender
+from modeling_padrec.draft import new_draft
+from modeling_padrec.plots import PLOTS
+from modeling_padrec.target import load_target
+
+pytestmark = pytest.mark.slow
+USERS = 8
+
+
+@pytest.fixture(scope="module")
+def drafts(tmp_path_factory, tiny_target, synthetic_dir):
+    """Two untrained drafts with different position signals: lossless must hold for any draft."""
+    target = load_target(tiny_target)
+    tm = target.check_dataset(load_dataset(synthetic_dir))
+    root = tmp_path_factory.mktemp("bench-drafts")
+    out = []
+    for name, item, step in (("both", True, True), ("none", False, False)):
+        new_draft(target, tm, depth=3, use_item_position=item, use_step_position=step).save_pretrained(
+            root / name
+        )
+        out.append(str(root / name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def assistant(tmp_path_factory, tiny_target, synthetic_dir):
+    from modeling_padrec.assistant import train_assistant
+
+    out = tmp_path_factory.mktemp("bench-assistant") / "small"
+    return str(train_assistant(tiny_target, synthetic_dir, out, depth=3, max_steps=10, max_users=60))
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory, tiny_target, synthetic_dir, drafts, assistant):
+    out = tmp_path_factory.mktemp("bench") / "report"
+    code = main(["bench", "--target", str(tiny_target), "--data", str(synthetic_dir), "--users", str(USERS),
+                 "--warmup", "1", "--assistant", assistant, "--draft", drafts[0], "--draft", drafts[1],
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_report_has_every_method_and_key_and_is_lossless(bench_out):
+    report = json.loads((bench_out / "report.json").read_text())
+    methods = report["methods"]
+    assert list(methods) == ["ar", "prompt_lookup", "small_lm", "pad-rec", "no-position"]
+    for name, m in methods.items():
+        assert set(REPORT_KEYS) <= set(m), name
+        assert m["identical"] == 1.0, name
+        assert m["requests"] == USERS
+        assert m["speedup_p10"] <= m["speedup"] <= m["speedup_p90"]
+        assert m["latency_ms_median"] <= m["latency_ms_p90"]
+        assert isinstance(m["alpha_by_step"], list) and isinstance(m["alpha_by_slot"], dict)
+        assert all(0.0 <= a <= 1.0 for a in [*m["alpha_by_step"], *m["alpha_by_slot"].values()])
+        profile = m["profile_ms_per_request"]
+        assert profile["draft"] + profile["verify"] + profile["other"] == pytest.approx(
+            profile["total"], abs=0.01
+        )
+    ar = methods["ar"]
+    assert ar["speedup"] == ar["speedup_p10"] == ar["speedup_p90"] == 1.0
+    assert ar["tau"] == 1.0 and ar["alpha_by_step"] == [] and ar["draft_ms_per_step"] is None
+    for name in ("small_lm", "pad-rec", "no-position"):
+        assert methods[name]["tau"] > 1.0, name  # drafts of any quality accept something on a list
+        assert len(methods[name]["alpha_by_step"]) == 3  # depth 3
+        assert methods[name]["draft_ms_per_step"] > 0
+    # the same outputs give the same quality
+    assert len({(m["recall@10"], m["ndcg@10"]) for m in methods.values()}) == 1
+    assert methods["pad-rec"]["use_item_position"] and not methods["no-position"]["use_item_position"]
+    hw = report["hardware"]
+    assert {"cpu", "torch_threads", "torch", "transformers", "device"} <= set(hw)
+
+
+def test_report_files_plots_and_markdown(bench_out):
+    for name in PLOTS:
+        assert (bench_out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    md = (bench_out / "report.md").read_text()
+    for name in ("ar", "prompt_lookup", "small_lm", "pad-rec", "no-position"):
+        assert f"| {name} |" in md
+    rows = [json.loads(line) for line in (bench_out / "requests.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 * USERS  # warm-up requests are not in the figures
+    for row in rows:  # each target forward yields one token plus the draft tokens it accepted
+        assert row["target_forwards"] + sum(a for _, _, a in row["rounds"]) == len(row["output_ids"])
+    assert not list(bench_out.parent.glob(".*tmp-*"))
+
+
+class BanBest(LogitsProcessor):
+    """A lossy 'method': forbids the best allowed token at the first generated position."""
+
+    def __init__(self, prompt_len: int):
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] == self.prompt_len:
+            scores = scores.clone()
+            scores[0, scores[0].argmax()] = -float("inf")
+        return scores
+
+
+class LossyMethod(Method):
+    def run(self, rec, user, split, recorder):
+        prompt_len = len(rec.prompt(user, split))
+        with recorder:
+            return rec.recommend(user, split, logits_processor=[BanBest(prompt_len)])
+
+
+def test_a_lossy_method_stops_the_bench_and_nothing_is_written(
+    monkeypatch, tmp_path, tiny_target, synthetic_dir, capsys
+):
+    real = bench_module.build_methods
+    monkeypatch.setattr(
+        bench_module, "build_methods", lambda *a, **k: [*real(*a, **k), LossyMethod("lossy", "x")]
+    )
+    out = tmp_path / "report"
+    with pytest.raises(BenchMismatch, match=r"method lossy is not lossless: warm-up request 0 \(user "):
+        run_bench(
+            BenchConfig(str(tiny_target), str(synthetic_dir), users=2, warmup=1), out=out, progress=False
+        )
+    assert not out.exists()
+    code = main(["bench", "--target", str(tiny_target), "--data", str(synthetic_dir), "--users", "2",
+                 "--warmup", "0", "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "padrec: error: method lossy is not lossless: request 0" in err
+    assert "differs from ar at generated token 0" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_bad_draft_folder_is_one_line(tmp_path, tiny_target, synthetic_dir, capsys):
+    code = main(["bench", "--target", str(tiny_target), "--data", str(synthetic_dir),
+                 "--draft", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("padrec: error:") and "missing" in err and "\n" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_acceptance_bookkeeping_by_step_and_slot(tiny_target, synthetic_dir):
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    tm = rec.token_map
+    user = rec.dataset.eval_users("test")[0]
+    items = rec.encoder.item_tokens
+    out = [*items[0], tm.sep_id, *items[1], tm.eos_id]  # slots a b c sep a b c other
+    ar = Measurement("ar", user, out, [0, 1], 10.0, len(out), 8.0, 0.0, [])
+    # round 1 at 0: 3 drafted, 1 accepted (step 0 accepted at slot a, step 1 rejected at slot b);
+    # round 2 at 2: 4 drafted, all accepted (slots c sep a b), round 3 at 7: 1 drafted, 0 accepted (other)
+    rounds = [(0, 3, 1), (2, 4, 4), (7, 1, 0)]
+    spec = Measurement("x", user, out, [0, 1], 5.0, 3, 4.0, 0.5, rounds)
+    s = summarize("x", [spec], [ar], rec, "test")
+    assert s["alpha_by_step"] == [0.6667, 0.5, 1.0, 1.0]
+    assert s["alpha_by_slot"] == {"a": 1.0, "b": 0.5, "c": 1.0, "sep": 1.0, "other": 0.0}
+    assert s["speedup"] == 2.0 and s["identical"] == 1.0
+    assert s["tau"] == round(len(out) / 3, 4) and s["draft_ms_per_step"] == round(0.5 / 8, 4)
+    assert s["profile_ms_per_request"] == {"draft": 0.5, "verify": 4.0, "other": 0.5, "total": 5.0}
+
+
+def test_rotation_and_warmup_do_not_change_outputs(tiny_target, synthetic_dir):
+    """Interleaving methods must not leak state between them (a draft's hooks are only on while it runs)."""
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    user = rec.dataset.eval_users("test")[1]
+    target = rec.target.model
+    hooks_before = len(target.get_base_model().model._forward_hooks)
+    methods = bench_module.build_methods(rec)
+    recorder = bench_module.RoundRecorder(target)
+    first = [bench_module.measure(m, rec, user, "test", recorder).output_ids for m in methods]
+    second = [bench_module.measure(m, rec, user, "test", recorder).output_ids for m in reversed(methods)]
+    assert first == second[::-1] and len(set(map(tuple, first))) == 1
+    assert len(target.get_base_model().model._forward_hooks) == hooks_before
+    assert "_get_candidate_generator" not in target.get_base_model().__dict__
+    assert torch.equal(torch.tensor(first[0]), torch.tensor(second[0]))
