@@ -160,7 +160,7 @@ def train_assistant(
             batch_size=min(args.batch_size, len(examples)),
             lr=args.lr,
             save_every=args.save_every,
-        ),  # fmt: skip
+        ),
         accelerator=accelerator,
         work_dir=work,
         seed=seed,
@@ -170,8 +170,12 @@ def train_assistant(
         loss_fn=loss_fn,
     )
     if accelerator.is_main_process:
-        meta = {"args": asdict(args), "examples": len(examples), "final": final,
-                "token_map_fingerprint": tm.fingerprint()}  # fmt: skip
+        meta = {
+            "args": asdict(args),
+            "examples": len(examples),
+            "final": final,
+            "token_map_fingerprint": tm.fingerprint(),
+        }
         save_assistant(assistant.eval(), target.tokenizer, out, depth, meta, work / LOG_NAME)
         shutil.rmtree(work, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -92,59 +92,56 @@ def build_methods(
     rec: Recommender,
     drafts: list[str] = (),
     assistant: str | None = None,
-    lookup_tokens: int = 5,
+    lookup_tokens: int | None = None,
     lookup_ngram: int = 2,
+    depth: int | None = None,
 ) -> list[Method]:
-    """AR, prompt lookup, the small-LM assistant (if given) and every draft folder (``DIR`` or ``NAME=DIR``)."""
+    """AR, prompt lookup, the small-LM assistant (if given) and every draft folder (``DIR`` or ``NAME=DIR``).
+
+    ``depth``: tokens drafted per round by every model-based method (default: each one's own
+    ``num_assistant_tokens``, i.e. its trained depth); prompt lookup proposes ``lookup_tokens`` (default:
+    ``depth``, else 5).
+    """
     from .assistant import load_assistant
     from .draft import load_draft
 
+    lookup_tokens = lookup_tokens or depth or 5
+
     methods = [
-        Method("ar", "ar"),
+        Method("ar", "ar", info={"depth": 0}),
         Method(
             "prompt_lookup",
             "prompt_lookup",
             {"prompt_lookup_num_tokens": lookup_tokens, "max_matching_ngram_size": lookup_ngram},
-            info={"num_tokens": lookup_tokens, "max_matching_ngram_size": lookup_ngram},
+            info={"depth": lookup_tokens, "max_matching_ngram_size": lookup_ngram},
         ),
     ]
     if assistant:
         model = load_assistant(assistant, rec.token_map, device=rec.device)
+        trained = model.generation_config.num_assistant_tokens
+        model.generation_config.num_assistant_tokens = depth or trained
+        info = {"layers": model.config.num_hidden_layers, "depth": depth or trained, "trained_depth": trained}
         methods.append(
-            Method(
-                "small_lm",
-                "small_lm",
-                {"assistant_model": model},
-                source=str(assistant),
-                info={
-                    "layers": model.config.num_hidden_layers,
-                    "depth": model.generation_config.num_assistant_tokens,
-                },
-            )  # fmt: skip
+            Method("small_lm", "small_lm", {"assistant_model": model}, source=str(assistant), info=info)
         )
     named = []
     for spec in drafts:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         draft = load_draft(path, rec.token_map, device=rec.device)
+        if depth:  # deeper than trained: the last step embedding is reused beyond it
+            draft.generation_config.num_assistant_tokens = depth
         named.append((name or draft_method_name(draft.config), path, draft))
     taken = [n for n, _, _ in named]
     for name, path, draft in named:
         if taken.count(name) > 1:  # two drafts with the same signals: tell them apart by folder
             name = f"{name}:{Path(path).name}"
-        methods.append(
-            Method(
-                name,
-                "draft",
-                {"assistant_model": draft},
-                draft=draft,
-                source=str(path),
-                info={
-                    "depth": draft.generation_config.num_assistant_tokens,
-                    "use_item_position": draft.config.use_item_position,
-                    "use_step_position": draft.config.use_step_position,
-                },
-            )  # fmt: skip
-        )
+        info = {
+            "depth": draft.generation_config.num_assistant_tokens,
+            "trained_depth": draft.config.max_draft_steps,
+            "use_item_position": draft.config.use_item_position,
+            "use_step_position": draft.config.use_step_position,
+        }
+        methods.append(Method(name, "draft", {"assistant_model": draft}, draft, str(path), info))
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise PadrecError(f"--draft: two methods share a name ({names}); name them with NAME=DIR")
@@ -349,7 +346,8 @@ class BenchConfig:
     users: int = 300
     list_len: int | None = None
     warmup: int = 3
-    lookup_tokens: int = 5
+    depth: int | None = None
+    lookup_tokens: int | None = None
     lookup_ngram: int = 2
     device: str = "cpu"
     seed: int = 0
@@ -371,7 +369,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     users = dataset.eval_users(cfg.split)[: cfg.users]
     if not users:
         raise PadrecError(f"{cfg.data}: no users with a non-empty {cfg.split} target list")
-    methods = build_methods(rec, cfg.drafts, cfg.assistant, cfg.lookup_tokens, cfg.lookup_ngram)
+    methods = build_methods(rec, cfg.drafts, cfg.assistant, cfg.lookup_tokens, cfg.lookup_ngram, cfg.depth)
     recorder = RoundRecorder(target.model)
     warm = users[: cfg.warmup]
     runs: dict[str, list[Measurement]] = {m.name: [] for m in methods}
@@ -447,8 +445,9 @@ def report_markdown(report: dict) -> str:
             f"| {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | {m['target_forwards_mean']:.1f} "
             f"| {_fmt(m['draft_ms_per_step'])} |"
         )
-    slots = sorted({s for m in report["methods"].values() for s in m["alpha_by_slot"]},
-                   key=lambda s: (len(s) > 1, s))  # fmt: skip
+    slots = sorted(
+        {s for m in report["methods"].values() for s in m["alpha_by_slot"]}, key=lambda s: (len(s) > 1, s)
+    )
     steps = max(len(m["alpha_by_step"]) for m in report["methods"].values())
     lines += [
         "",

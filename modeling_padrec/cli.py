@@ -290,6 +290,7 @@ def cmd_bench(args) -> int:
         users=args.users,
         list_len=args.list_len,
         warmup=args.warmup,
+        depth=args.depth,
         lookup_tokens=args.lookup_tokens,
         device=_device(args.device),
     )
@@ -439,7 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--users", type=_positive, default=300, help="measured requests (first N users)")
     b.add_argument("--warmup", type=int, default=3, help="requests run first and left out of the figures")
     b.add_argument("--list-len", type=_positive, help="items per list (default: the target's)")
-    b.add_argument("--lookup-tokens", type=_positive, default=5, help="prompt-lookup tokens per round")
+    b.add_argument(
+        "--depth",
+        type=_positive,
+        help="tokens drafted per round by every method (default: each one's trained depth)",
+    )
+    b.add_argument(
+        "--lookup-tokens", type=_positive, help="prompt-lookup tokens per round (default: --depth, else 5)"
+    )
     b.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     b.add_argument("--out", help="report folder (report.json, report.md, requests.jsonl, plots)")
     b.add_argument("--json", action="store_true", help="print report.json instead of the tables")

@@ -69,11 +69,27 @@ def run_demo(
     for name, (item, step) in drafts.items():
         which = "PAD-Rec draft" if item else "no-position draft (ablation)"
         print(f"[5/7] training the {which}, {max_steps} steps → {out / name}", file=sys.stderr)
-        train_draft(target_dir, data_dir, out / name, depth=4, use_item_position=item, use_step_position=step,
-                    max_steps=max_steps, max_users=1000, cache_dir=str(cache))  # fmt: skip
+        train_draft(
+            target_dir,
+            data_dir,
+            out / name,
+            depth=4,
+            use_item_position=item,
+            use_step_position=step,
+            max_steps=max_steps,
+            max_users=1000,
+            cache_dir=str(cache),
+        )
     print(f"[6/7] distilling the small-LM assistant (1 layer) → {out / 'assistant'}", file=sys.stderr)
-    train_assistant(target_dir, data_dir, out / "assistant", depth=4, max_steps=max_steps, max_users=1000,
-                    cache_dir=str(cache))  # fmt: skip
+    train_assistant(
+        target_dir,
+        data_dir,
+        out / "assistant",
+        depth=4,
+        max_steps=max_steps,
+        max_users=1000,
+        cache_dir=str(cache),
+    )
     print(f"[7/7] padrec bench on {bench_users} test users (every method, interleaved)", file=sys.stderr)
     bench = run_bench(
         BenchConfig(
@@ -82,7 +98,7 @@ def run_demo(
             drafts=[str(out / d) for d in drafts],
             assistant=str(out / "assistant"),
             users=bench_users,
-        ),  # fmt: skip
+        ),
         out=out / "bench",
         progress=sys.stderr.isatty(),
     )

@@ -56,9 +56,27 @@ def assistant(tmp_path_factory, tiny_target, synthetic_dir):
 @pytest.fixture(scope="module")
 def bench_out(tmp_path_factory, tiny_target, synthetic_dir, drafts, assistant):
     out = tmp_path_factory.mktemp("bench") / "report"
-    code = main(["bench", "--target", str(tiny_target), "--data", str(synthetic_dir), "--users", str(USERS),
-                 "--warmup", "1", "--assistant", assistant, "--draft", drafts[0], "--draft", drafts[1],
-                 "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "--target",
+            str(tiny_target),
+            "--data",
+            str(synthetic_dir),
+            "--users",
+            str(USERS),
+            "--warmup",
+            "1",
+            "--assistant",
+            assistant,
+            "--draft",
+            drafts[0],
+            "--draft",
+            drafts[1],
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
@@ -139,8 +157,21 @@ def test_a_lossy_method_stops_the_bench_and_nothing_is_written(
             BenchConfig(str(tiny_target), str(synthetic_dir), users=2, warmup=1), out=out, progress=False
         )
     assert not out.exists()
-    code = main(["bench", "--target", str(tiny_target), "--data", str(synthetic_dir), "--users", "2",
-                 "--warmup", "0", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "--target",
+            str(tiny_target),
+            "--data",
+            str(synthetic_dir),
+            "--users",
+            "2",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "padrec: error: method lossy is not lossless: request 0" in err
     assert "differs from ar at generated token 0" in err and "Traceback" not in err
@@ -148,8 +179,19 @@ def test_a_lossy_method_stops_the_bench_and_nothing_is_written(
 
 
 def test_bad_draft_folder_is_one_line(tmp_path, tiny_target, synthetic_dir, capsys):
-    code = main(["bench", "--target", str(tiny_target), "--data", str(synthetic_dir),
-                 "--draft", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "--target",
+            str(tiny_target),
+            "--data",
+            str(synthetic_dir),
+            "--draft",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("padrec: error:") and "missing" in err and "\n" not in err
     assert not (tmp_path / "r").exists()
@@ -188,3 +230,16 @@ def test_rotation_and_warmup_do_not_change_outputs(tiny_target, synthetic_dir):
     assert len(target.get_base_model().model._forward_hooks) == hooks_before
     assert "_get_candidate_generator" not in target.get_base_model().__dict__
     assert torch.equal(torch.tensor(first[0]), torch.tensor(second[0]))
+
+
+def test_depth_override_reaches_every_drafting_method(tiny_target, synthetic_dir, drafts, assistant):
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    trained = {m.name: m for m in bench_module.build_methods(rec, drafts, assistant)}
+    assert trained["prompt_lookup"].generate_kwargs["prompt_lookup_num_tokens"] == 5
+    assert trained["pad-rec"].info["depth"] == trained["pad-rec"].info["trained_depth"] == 3
+    deep = {m.name: m for m in bench_module.build_methods(rec, drafts, assistant, depth=7)}
+    assert deep["prompt_lookup"].generate_kwargs["prompt_lookup_num_tokens"] == 7
+    for name in ("small_lm", "pad-rec", "no-position"):
+        model = deep[name].generate_kwargs["assistant_model"]
+        assert model.generation_config.num_assistant_tokens == 7, name
+        assert deep[name].info["depth"] == 7 and deep[name].info["trained_depth"] == 3, name
