@@ -303,6 +303,33 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- hub
+
+
+def cmd_export(args) -> int:
+    import shutil
+
+    from .hub import describe, export, push
+
+    if args.dry_run:  # render into a temp folder, show the plan, write and send nothing
+        plan, root = export(args.draft, args.target, args.repo_id, None, args.bench, args.target_repo_id,
+                            args.base_repo_id, args.license, args.data)  # fmt: skip
+        try:
+            print("dry run: nothing written, nothing uploaded\n" + describe(plan, root))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return 0
+    if not args.out:
+        raise PadrecError("export: --out is required (or use --dry-run)")
+    plan, root = export(args.draft, args.target, args.repo_id, args.out, args.bench, args.target_repo_id,
+                        args.base_repo_id, args.license, args.data)  # fmt: skip
+    print(describe(plan, root))
+    print(f"written to {root}", file=sys.stderr)
+    if args.push:
+        push(plan, root, private=args.private)
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -452,6 +479,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="report folder (report.json, report.md, requests.jsonl, plots)")
     b.add_argument("--json", action="store_true", help="print report.json instead of the tables")
     b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("export", help="Hub repositories for a draft and its target, with model cards")
+    e.add_argument("--draft", required=True, help="draft folder (padrec train-draft)")
+    e.add_argument("--target", required=True, help="target folder (padrec train-target)")
+    e.add_argument("--repo-id", required=True, help="the draft's repo, ORG/NAME")
+    e.add_argument("--target-repo-id", help="the target adapter's repo (default: REPO_ID-target)")
+    e.add_argument("--base-repo-id", help="a preset target's base model repo (default: REPO_ID-base)")
+    e.add_argument("--out", help="folder to write (one sub-folder per repo)")
+    e.add_argument("--bench", help="padrec bench report.json whose figures go into the draft's card")
+    e.add_argument("--data", help="dataset folder for the cards' example prompt (default: the target's)")
+    e.add_argument("--license", default="apache-2.0")
+    e.add_argument(
+        "--push", action="store_true", help="upload with huggingface_hub (token: HF_TOKEN / login)"
+    )
+    e.add_argument("--private", action="store_true", help="create the repos private when pushing")
+    e.add_argument(
+        "--dry-run", action="store_true", help="print the files and repos; write and upload nothing"
+    )
+    e.set_defaults(func=cmd_export)
 
     m = sub.add_parser(
         "demo", help="the whole chain, small: synthetic catalog → IDs → target → drafts → bench"

@@ -126,8 +126,11 @@ def new_draft(
 
 
 def load_draft(path: str | Path, token_map: TokenMap | None = None, device: str | torch.device = "cpu"):
-    """Load a saved draft with the package's classes (no ``trust_remote_code`` needed); check ``token_map``."""
-    path = Path(path)
+    """Load a saved draft (a folder or a Hub repo id) with the package's classes (no ``trust_remote_code``
+    needed); check ``token_map``."""
+    from .target import resolve_folder
+
+    path = resolve_folder(path, PadRecDraftError, "draft")
     if not (path / "config.json").is_file():
         raise PadRecDraftError(f"{path}: not a saved PAD-Rec draft (no config.json)")
     draft = PadRecDraftModel.from_pretrained(path)

@@ -200,21 +200,36 @@ class Target:
         return self.token_map(dataset.index)
 
 
+def resolve_folder(path: str | Path, error: type[Exception], what: str) -> Path:
+    """A local folder as is; otherwise a Hub repo id, fetched through huggingface_hub's cache (offline mode
+    reads the cache only)."""
+    folder = Path(path)
+    if folder.is_dir():
+        return folder
+    if folder.exists() or str(path).count("/") != 1:
+        raise error(f"{path}: no such {what} directory")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(path)))
+    except (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, OSError) as e:
+        raise error(f"{path}: not a local {what} directory, and not available from the Hub ({e})") from None
+
+
 def load_target(path: str | Path, device: str | torch.device = "cpu") -> Target:
-    """Load a target folder written by ``padrec train-target``."""
+    """Load a target folder written by ``padrec train-target`` (or exported to the Hub: pass its repo id)."""
     from peft import PeftConfig, PeftModel
 
-    folder = Path(path)
-    if not folder.is_dir():
-        raise TargetError(f"{folder}: no such target directory")
+    folder = resolve_folder(path, TargetError, "target")
     if not (folder / "adapter_config.json").is_file():
         raise TargetError(f"{folder}: not a padrec target directory (no adapter_config.json)")
     meta = TargetMeta.load(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         base_path = PeftConfig.from_pretrained(folder).base_model_name_or_path
-        if meta.preset or not Path(base_path).exists() and (folder / "base").is_dir():
-            base_path = str(folder / "base")  # preset base travels with the folder
+        if (folder / "base").is_dir() and (meta.preset or not Path(base_path).exists()):
+            base_path = str(folder / "base")  # preset base travels with the folder (an exported one does not)
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         if len(tokenizer) > base.get_input_embeddings().num_embeddings:
             base.resize_token_embeddings(len(tokenizer))

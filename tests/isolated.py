@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 
-def run_isolated(script: str, args: list[str], workdir: Path) -> dict:
-    """Run ``script`` (which must block ``modeling_padrec`` itself) and return the JSON of its last stdout line."""
+def run_isolated(script: str, args: list[str], workdir: Path, extra_env: dict | None = None) -> dict:
+    """Run ``script`` (which must block ``modeling_padrec`` itself) and return the JSON of its last stdout line.
+
+    ``extra_env``: e.g. ``HF_HOME`` pointing at a prepared offline Hub cache."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")}
     env.update(
         HF_MODULES_CACHE=str(workdir / "hf_modules"),
@@ -18,6 +20,7 @@ def run_isolated(script: str, args: list[str], workdir: Path) -> dict:
         TRANSFORMERS_OFFLINE="1",
         OMP_NUM_THREADS="1",
     )
+    env.update(extra_env or {})
     run = subprocess.run(
         [sys.executable, "-c", script, *args],
         cwd=workdir,

@@ -1,0 +1,269 @@
+"""``padrec export``: Hub repositories, model cards from measured numbers, and loading them the way Hub users
+do — from the folders and by repo id through an offline Hugging Face cache, in a process without padrec."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard, ModelCardData
+from isolated import run_isolated
+
+from modeling_padrec.bench import BenchConfig, run_bench
+from modeling_padrec.cli import main
+from modeling_padrec.data import load_dataset
+from modeling_padrec.draft import load_draft, new_draft
+from modeling_padrec.hub import ExportError, export, push
+from modeling_padrec.target import load_target
+
+pytestmark = pytest.mark.slow
+REPO = "org/padrec-draft"
+REPOS = {"draft": REPO, "target": f"{REPO}-target", "base": f"{REPO}-base"}
+
+
+@pytest.fixture(scope="module")
+def draft_dir(tmp_path_factory, tiny_target, synthetic_dir):
+    target = load_target(tiny_target)
+    tm = target.check_dataset(load_dataset(synthetic_dir))
+    out = tmp_path_factory.mktemp("hub-draft") / "draft"
+    new_draft(target, tm, depth=3).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report_path(tmp_path_factory, tiny_target, synthetic_dir, draft_dir):
+    out = tmp_path_factory.mktemp("hub-bench") / "bench"
+    run_bench(BenchConfig(str(tiny_target), str(synthetic_dir), drafts=[str(draft_dir)], users=4, warmup=1,
+                          depth=4), out=out, progress=False)  # fmt: skip
+    return out / "report.json"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_target, synthetic_dir, draft_dir, report_path):
+    out = tmp_path_factory.mktemp("hub-export") / "export"
+    code = main(["export", "--draft", str(draft_dir), "--target", str(tiny_target), "--repo-id", REPO,
+                 "--bench", str(report_path), "--data", str(synthetic_dir), "--out", str(out)])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_export_writes_complete_repos_with_safetensors_only(exported):
+    manifest = json.loads((exported / "export.json").read_text())
+    assert manifest["repos"] == REPOS
+    draft = {p.name for p in (exported / "draft").iterdir()}
+    assert draft == {"README.md", "config.json", "configuration_padrec_draft.py", "modeling_padrec_draft.py",
+                     "model.safetensors", "generation_config.json"}  # fmt: skip
+    config = json.loads((exported / "draft" / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_padrec_draft.PadRecDraftModel"
+    target = {p.name for p in (exported / "target").iterdir()}
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= target
+    adapter = json.loads((exported / "target" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == REPOS["base"]  # a repo id, not this machine's path
+    assert {"README.md", "config.json", "model.safetensors"} <= {
+        p.name for p in (exported / "base").iterdir()
+    }
+    for path in exported.rglob("*"):
+        assert path.suffix not in (".bin", ".pt", ".pth", ".pkl", ".ckpt"), path
+    meta = (exported / "target" / "padrec_target.json").read_text()
+    assert str(Path.cwd()) not in meta and "/tmp" not in meta
+    generation = json.loads((exported / "draft" / "generation_config.json").read_text())
+    assert generation["num_assistant_tokens"] == 4  # the depth the bench measured becomes the default
+
+
+def _numbers(text: str) -> set[float]:
+    return {float(x) for x in re.findall(r"(?<![\w.@])-?\d+(?:\.\d+)?(?![\w.])", text)}
+
+
+def _report_numbers(obj) -> set[float]:
+    if isinstance(obj, bool):
+        return set()
+    if isinstance(obj, int | float):
+        return {float(obj)}
+    if isinstance(obj, dict):
+        return set().union(*(_report_numbers(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, list):
+        return set().union(*(_report_numbers(v) for v in obj)) if obj else set()
+    if isinstance(obj, str):
+        return _numbers(obj)
+    return set()
+
+
+def test_draft_card_parses_validates_and_every_figure_comes_from_the_report(exported, report_path):
+    card = ModelCard.load(exported / "draft" / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0" and data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "text-generation" and data["base_model"] == REPOS["target"]
+    assert {"speculative-decoding", "recommendation"} <= set(data["tags"])
+    assert data["datasets"] == ["synthetic"]
+    ModelCardData(**data)  # round-trips through the metadata schema
+    text = str(card)
+    assert "{{" not in text and "}}" not in text and "More Information Needed" not in text
+    assert 'AutoModel.from_pretrained("org/padrec-draft", trust_remote_code=True)' in text
+    assert "assistant_model=draft" in text and ".attach(target)" in text
+    evaluation = text.split("## Evaluation", 1)[1].split("## Limitations", 1)[0]
+    report = json.loads(report_path.read_text())
+    allowed = _report_numbers(report) | {float(k) for k in range(10)}  # k=0.. step labels
+    figures = _numbers(evaluation)
+    assert figures - allowed == set()
+    m = report["methods"]["pad-rec"]
+    for key in ("speedup", "tau", "identical", "speedup_p10", "speedup_p90"):
+        assert float(m[key]) in figures, key
+    assert all(float(a) in figures for a in m["alpha_by_step"])
+    assert all(float(a) in figures for a in m["alpha_by_slot"].values())
+    assert report["hardware"]["cpu"] in evaluation
+
+
+def test_target_and_base_cards(exported):
+    for folder, base in (("target", REPOS["base"]), ("base", None)):
+        card = ModelCard.load(exported / folder / "README.md")
+        text = str(card)
+        assert "{{" not in text and "}}" not in text
+        assert {"recommendation", "speculative-decoding"} <= set(card.data.tags)
+        assert card.data.base_model == base
+    assert "AutoPeftModelForCausalLM" in str(ModelCard.load(exported / "target" / "README.md"))
+
+
+def test_without_a_report_the_card_says_not_benchmarked(tmp_path, tiny_target, draft_dir):
+    plan, root = export(draft_dir, tiny_target, REPO, tmp_path / "out")
+    text = (root / "draft" / "README.md").read_text()
+    evaluation = text.split("## Evaluation", 1)[1].split("## Limitations", 1)[0]
+    assert "has not been benchmarked" in evaluation and "speedup =" not in evaluation
+    assert "×" not in evaluation and not re.search(r"\d\.\d", evaluation)
+
+
+def test_bad_inputs_are_one_line_and_leave_out_untouched(
+    tmp_path, tiny_target, draft_dir, report_path, capsys
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    other = tmp_path / "other-report.json"
+    report = json.loads(report_path.read_text())
+    for m in report["methods"].values():
+        m["source"] = None
+    other.write_text(json.dumps(report))
+    cases = [
+        (["--repo-id", "not a repo"], "--repo-id 'not a repo'"),
+        (["--repo-id", REPO, "--bench", str(other)], "has no method for the draft"),
+        (["--repo-id", REPO, "--bench", str(tmp_path / "missing.json")], "cannot read a bench report"),
+    ]
+    for extra, message in cases:
+        code = main(
+            ["export", "--draft", str(draft_dir), "--target", str(tiny_target), "--out", str(out), *extra]
+        )
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("padrec: error:") and message in err and "\n" not in err, err
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    with pytest.raises(ExportError, match="token layout"):
+        bad = tmp_path / "bad-draft"
+        shutil.copytree(draft_dir, bad)
+        cfg = json.loads((bad / "config.json").read_text())
+        cfg["token_map_fingerprint"] = "0000"
+        (bad / "config.json").write_text(json.dumps(cfg))
+        export(bad, tiny_target, REPO, out)
+    assert (out / "keep.txt").read_text() == "old"
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny_target, draft_dir, capsys):
+    out = tmp_path / "out"
+    code = main(["export", "--draft", str(draft_dir), "--target", str(tiny_target), "--repo-id", REPO,
+                 "--out", str(out), "--dry-run", "--push"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and not out.exists()
+    assert f"{REPOS['target']}  ←  target/" in printed and "model.safetensors" in printed
+    assert "nothing uploaded" in printed
+
+
+def test_push_uploads_base_then_target_then_draft(exported):
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create", repo_id, kwargs.get("exist_ok")))
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            calls.append(("upload", repo_id, Path(folder_path).name))
+
+    from modeling_padrec.hub import ExportPlan
+
+    plan = ExportPlan(**json.loads((exported / "export.json").read_text()))
+    push(plan, exported, api=FakeApi())
+    assert calls == [("create", REPOS["base"], True), ("upload", REPOS["base"], "base"),
+                     ("create", REPOS["target"], True), ("upload", REPOS["target"], "target"),
+                     ("create", REPO, True), ("upload", REPO, "draft")]  # fmt: skip
+
+
+def fake_hub_cache(exported: Path, home: Path) -> Path:
+    """Lay the exported folders out as a download leaves them in ``HF_HOME/hub``: ``refs/main`` → commit,
+    ``snapshots/<commit>/<files>``, and a ``.no_exist/<commit>/config.json`` marker for the adapter repo (online,
+    ``AutoTokenizer`` asks for a config.json the adapter repo does not have, and huggingface_hub records that
+    answer so offline loads know the file is absent rather than missing from the cache)."""
+    hub = home / "hub"
+    for i, (folder, repo) in enumerate(REPOS.items()):
+        commit = f"{i + 1:040x}"
+        root = hub / f"models--{repo.replace('/', '--')}"
+        (root / "refs").mkdir(parents=True)
+        (root / "refs" / "main").write_text(commit)
+        shutil.copytree(exported / folder, root / "snapshots" / commit)
+        if not (exported / folder / "config.json").exists():
+            (root / ".no_exist" / commit).mkdir(parents=True)
+            (root / ".no_exist" / commit / "config.json").touch()
+    return home
+
+
+HUB_SCRIPT = r"""
+import contextlib, io, json, sys
+sys.modules["modeling_padrec"] = None  # the package must not be needed
+snippet = sys.argv[1]
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    exec(snippet, globals())
+print(json.dumps({
+    "draft_module": type(draft).__module__,
+    "target_class": type(target).__name__,
+    "lossless": bool(torch.equal(fast, plain)),
+    "decoded": out.getvalue().strip(),
+    "blocked": "modeling_padrec" not in [m for m in sys.modules if sys.modules[m] is not None],
+}))
+"""
+
+
+def _card_snippet(exported: Path) -> str:
+    text = (exported / "draft" / "README.md").read_text()
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_load_by_repo_id_through_an_offline_cache_in_a_process_without_padrec(tmp_path, exported):
+    home = fake_hub_cache(exported, tmp_path / "hf_home")
+    snippet = _card_snippet(exported)
+    assert f'"{REPO}"' in snippet and f'"{REPOS["target"]}"' in snippet
+    result = run_isolated(HUB_SCRIPT, [snippet], tmp_path, extra_env={"HF_HOME": str(home)})
+    assert result["draft_module"].startswith("transformers_modules.")
+    assert result["lossless"] and result["blocked"] and "<|sep|>" in result["decoded"]
+    assert any((tmp_path / "hf_modules").rglob("modeling_padrec_draft.py"))
+
+
+def test_load_from_the_exported_folders_in_a_process_without_padrec(tmp_path, exported):
+    home = fake_hub_cache(exported, tmp_path / "hf_home")  # the adapter's base is named by repo id
+    snippet = _card_snippet(exported).replace(f'"{REPOS["target"]}"', repr(str(exported / "target")))
+    snippet = snippet.replace(f'"{REPO}"', repr(str(exported / "draft")))
+    result = run_isolated(HUB_SCRIPT, [snippet], tmp_path, extra_env={"HF_HOME": str(home)})
+    assert result["lossless"] and result["blocked"]
+
+
+def test_padrec_loaders_accept_repo_ids_offline(tmp_path, exported, monkeypatch, synthetic_dir):
+    home = fake_hub_cache(exported, tmp_path / "hf_home")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    target = load_target(REPOS["target"])
+    tm = target.check_dataset(load_dataset(synthetic_dir))
+    draft = load_draft(REPO, tm)
+    assert draft.config.max_draft_steps == 3
+    with pytest.raises(Exception, match="not a local target directory, and not available from the Hub"):
+        load_target("org/not-there")
