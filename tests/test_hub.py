@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hub_cache import fake_hub_cache
 from huggingface_hub import ModelCard, ModelCardData
 from isolated import run_isolated
 
@@ -196,24 +197,6 @@ def test_push_uploads_base_then_target_then_draft(exported):
                      ("create", REPO, True), ("upload", REPO, "draft")]  # fmt: skip
 
 
-def fake_hub_cache(exported: Path, home: Path) -> Path:
-    """Lay the exported folders out as a download leaves them in ``HF_HOME/hub``: ``refs/main`` → commit,
-    ``snapshots/<commit>/<files>``, and a ``.no_exist/<commit>/config.json`` marker for the adapter repo (online,
-    ``AutoTokenizer`` asks for a config.json the adapter repo does not have, and huggingface_hub records that
-    answer so offline loads know the file is absent rather than missing from the cache)."""
-    hub = home / "hub"
-    for i, (folder, repo) in enumerate(REPOS.items()):
-        commit = f"{i + 1:040x}"
-        root = hub / f"models--{repo.replace('/', '--')}"
-        (root / "refs").mkdir(parents=True)
-        (root / "refs" / "main").write_text(commit)
-        shutil.copytree(exported / folder, root / "snapshots" / commit)
-        if not (exported / folder / "config.json").exists():
-            (root / ".no_exist" / commit).mkdir(parents=True)
-            (root / ".no_exist" / commit / "config.json").touch()
-    return home
-
-
 HUB_SCRIPT = r"""
 import contextlib, io, json, sys
 sys.modules["modeling_padrec"] = None  # the package must not be needed
@@ -237,7 +220,7 @@ def _card_snippet(exported: Path) -> str:
 
 
 def test_load_by_repo_id_through_an_offline_cache_in_a_process_without_padrec(tmp_path, exported):
-    home = fake_hub_cache(exported, tmp_path / "hf_home")
+    home = fake_hub_cache(exported, tmp_path / "hf_home", REPOS)
     snippet = _card_snippet(exported)
     assert f'"{REPO}"' in snippet and f'"{REPOS["target"]}"' in snippet
     result = run_isolated(HUB_SCRIPT, [snippet], tmp_path, extra_env={"HF_HOME": str(home)})
@@ -247,7 +230,7 @@ def test_load_by_repo_id_through_an_offline_cache_in_a_process_without_padrec(tm
 
 
 def test_load_from_the_exported_folders_in_a_process_without_padrec(tmp_path, exported):
-    home = fake_hub_cache(exported, tmp_path / "hf_home")  # the adapter's base is named by repo id
+    home = fake_hub_cache(exported, tmp_path / "hf_home", REPOS)  # the adapter's base is named by repo id
     snippet = _card_snippet(exported).replace(f'"{REPOS["target"]}"', repr(str(exported / "target")))
     snippet = snippet.replace(f'"{REPO}"', repr(str(exported / "draft")))
     result = run_isolated(HUB_SCRIPT, [snippet], tmp_path, extra_env={"HF_HOME": str(home)})
@@ -255,7 +238,7 @@ def test_load_from_the_exported_folders_in_a_process_without_padrec(tmp_path, ex
 
 
 def test_padrec_loaders_accept_repo_ids_offline(tmp_path, exported, monkeypatch, synthetic_dir):
-    home = fake_hub_cache(exported, tmp_path / "hf_home")
+    home = fake_hub_cache(exported, tmp_path / "hf_home", REPOS)
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
     import huggingface_hub.constants as constants
