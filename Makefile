@@ -70,9 +70,10 @@ $(REF)/assistant/model.safetensors:
 		--layers 1 --depth $(DRAFT_DEPTH) --max-steps $(DRAFT_STEPS) --max-users $(DRAFT_USERS) --seed 0 $(CACHE)
 
 # Every method on the same test users, interleaved: ar, prompt lookup, small LM, the four drafts.
+BENCH_DEPTH ?= 5
 .PHONY: reference-bench
 reference-bench: install reference-drafts $(REF)/assistant/model.safetensors
-	$(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) \
+	$(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) --depth $(BENCH_DEPTH) \
 		--assistant $(REF)/assistant $(foreach d,$(ABLATION),--draft $(REF)/draft-$(d)) --out $(REF)/bench
 
 # The whole reference run for one dataset: target (once), four drafts, assistant, bench. Then
@@ -91,3 +92,14 @@ reference-draft-evidence: install $(REF)/draft-padrec/model.safetensors $(REF)/d
 	for d in padrec none; do $(BIN)/padrec recommend --target $(REF)/target --data $(SHARED)/$(DATA) \
 		--users $(EVAL_USERS) --json --draft $(REF)/draft-$$d --stats $(REF)/stats-$$d.json > $(REF)/rec-$$d.jsonl; done
 	$(BIN)/python scripts/draft_evidence.py $(REF)
+
+# Draft length sweep on one dataset (PAD-Rec and no-position drafts, same users): one bench per depth, then a
+# table of speedup and tau by depth. Picks the depth the reference bench uses (BENCH_DEPTH).
+DEPTHS      ?= 5 8 10 12 15
+SWEEP_USERS ?= 60
+.PHONY: depth-sweep
+depth-sweep: install $(REF)/draft-padrec/model.safetensors $(REF)/draft-none/model.safetensors
+	for k in $(DEPTHS); do $(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) \
+		--users $(SWEEP_USERS) --depth $$k --draft $(REF)/draft-padrec --draft $(REF)/draft-none \
+		--out $(REF)/sweep/depth-$$k > /dev/null || exit 1; done
+	$(BIN)/python scripts/depth_sweep.py $(REF)/sweep

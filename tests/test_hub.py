@@ -250,3 +250,13 @@ def test_padrec_loaders_accept_repo_ids_offline(tmp_path, exported, monkeypatch,
     assert draft.config.max_draft_steps == 3
     with pytest.raises(Exception, match="not a local target directory, and not available from the Hub"):
         load_target("org/not-there")
+
+
+def test_readme_hub_section_is_the_card_snippet():
+    from modeling_padrec.hub import usage_snippet
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Use from the Hub", 1)[1]
+    shown = section.split("```python\n", 1)[1].split("```", 1)[0].rstrip("\n")
+    prompt = re.search(r'^prompt = "(.*)"$', shown, re.M).group(1)
+    assert shown == usage_snippet(REPO, REPOS["target"], prompt, 60)
