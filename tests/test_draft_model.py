@@ -264,8 +264,11 @@ def test_save_and_load_round_trip(world, tmp_path):
         assert torch.equal(a, b), name
     assert loaded.generation_config.num_assistant_tokens == 4
     assert loaded.generation_config.num_assistant_tokens_schedule == "constant"
-    with pytest.raises(PadRecDraftError, match="not a saved"):
+    with pytest.raises(PadRecDraftError, match="no such draft directory"):
         load_draft(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PadRecDraftError, match="not a saved"):
+        load_draft(tmp_path / "empty")
 
 
 # --------------------------------------------------------------------------- training-time test
