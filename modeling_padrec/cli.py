@@ -22,6 +22,16 @@ def _positive(value: str) -> int:
     return n
 
 
+def _non_negative(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {n}")
+    return n
+
+
 def _quiet() -> None:
     """Keep library chatter (load reports, deprecations) off the user's terminal."""
     from transformers.utils import logging as hf_logging
@@ -465,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--assistant", help="a small-LM assistant folder (padrec train-assistant)")
     b.add_argument("--split", default="test", choices=["valid", "test"])
     b.add_argument("--users", type=_positive, default=300, help="measured requests (first N users)")
-    b.add_argument("--warmup", type=int, default=3, help="requests run first and left out of the figures")
+    b.add_argument("--warmup", type=_non_negative, default=3, help="requests run first and left out of the figures")
     b.add_argument("--list-len", type=_positive, help="items per list (default: the target's)")
     b.add_argument(
         "--depth",
