@@ -26,9 +26,12 @@ def publish(runs: Path, results: Path) -> list[Path]:
     published = []
     for report in sorted(runs.glob("*/bench/report.json")):
         dest = results / report.parent.parent.name
+        sweep = report.parent.parent / "sweep" / "sweep.md"
         with staged_dir(dest) as tmp:
             for name in FILES:
                 shutil.copyfile(report.parent / name, tmp / name)
+            if sweep.is_file():  # make depth-sweep
+                shutil.copyfile(sweep, tmp / "depth-sweep.md")
         published.append(dest)
     return published
 
@@ -79,6 +82,9 @@ def render(results: Path, readme_dir: Path) -> str:
                 f"| {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | {draft} |"
             )
         lines += ["", f"Goals: {goals(report['methods'])}."]
+        if (folder / "depth-sweep.md").is_file():
+            lines += ["", f"Draft length sweep (`make depth-sweep DATA={folder.name}`):", "",
+                      (folder / "depth-sweep.md").read_text().strip()]  # fmt: skip
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) if blocks else "(no benchmark reports yet: run `make reference-run`)"
 
