@@ -56,6 +56,22 @@ def goals(methods: dict) -> str:
     return "; ".join(f"{text} **{'met' if ok else 'not met'}**" for text, ok in checks)
 
 
+def profile(methods: dict) -> str:
+    """Where each method's time goes, per request and per speculation round (from the report's profile)."""
+    rows = [
+        "Where the time goes, ms per request (per round): drafting · target forwards (verification) · the rest "
+        "of `generate`.",
+        "",
+        "| method | rounds / request | draft | verify | other | total |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in methods.items():
+        p, r = m["profile_ms_per_request"], m["profile_ms_per_round"] or {}
+        cells = [f"{p[k]:.1f}" + (f" ({r[k]:.2f})" if k in r else "") for k in ("draft", "verify", "other")]
+        rows.append(f"| {name} | {m['rounds_mean']:.1f} | " + " | ".join(cells) + f" | {p['total']:.1f} |")
+    return "\n".join(rows)
+
+
 def render(results: Path, readme_dir: Path) -> str:
     blocks = []
     for folder in sorted(p for p in results.iterdir() if (p / "report.json").is_file()):
@@ -81,7 +97,7 @@ def render(results: Path, readme_dir: Path) -> str:
                 f"| {m['latency_ms_median']:.0f} | {m['tau']:.2f} | {alphas} | {m['identical']:.3f} "
                 f"| {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | {draft} |"
             )
-        lines += ["", f"Goals: {goals(report['methods'])}."]
+        lines += ["", f"Goals: {goals(report['methods'])}.", "", profile(report["methods"])]
         if (folder / "depth-sweep.md").is_file():
             lines += ["", f"Draft length sweep (`make depth-sweep DATA={folder.name}`):", "",
                       (folder / "depth-sweep.md").read_text().strip()]  # fmt: skip
