@@ -198,8 +198,11 @@ def save_assistant(assistant, tokenizer, out: Path, depth: int, meta: dict, log:
 
 
 def load_assistant(path: str | Path, token_map: TokenMap | None = None, device="cpu") -> Qwen2ForCausalLM:
-    """Load an assistant folder written by :func:`train_assistant`; check it was made for ``token_map``."""
-    folder = Path(path)
+    """Load an assistant (a folder written by :func:`train_assistant`, or its Hub repo id); check it was made for
+    ``token_map``."""
+    from .target import resolve_folder
+
+    folder = resolve_folder(path, AssistantError, "assistant")
     if not (folder / META_NAME).is_file():
         raise AssistantError(f"{folder}: not a padrec assistant folder (no {META_NAME})")
     meta = json.loads((folder / META_NAME).read_text())

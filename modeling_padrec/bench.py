@@ -31,7 +31,7 @@ import torch
 from .decoding import Recommender
 from .errors import PadrecError
 from .evaluate import ranking_metrics
-from .fileio import staged_dir
+from .fileio import check_output_dir, staged_dir
 
 REPORT_KEYS = (
     "speedup",
@@ -80,6 +80,11 @@ class Method:
                 self.draft.detach()
 
 
+def _where(path) -> str:
+    """A local folder as an absolute path (reports are read from elsewhere later); a repo id as given."""
+    return str(Path(path).resolve()) if Path(path).exists() else str(path)
+
+
 def draft_method_name(config) -> str:
     """``pad-rec`` (both position signals), ``item-only``, ``step-only`` or ``no-position``."""
     item, step = config.use_item_position, config.use_step_position
@@ -126,7 +131,9 @@ def build_methods(
         )
     named = []
     for spec in drafts:
-        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        name, sep, path = spec.partition("=")
+        if not sep or "/" in name or not name:  # a plain folder (which may itself contain "=")
+            name, path = "", spec
         draft = load_draft(path, rec.token_map, device=rec.device)
         if depth:  # deeper than trained: the last step embedding is reused beyond it
             draft.generation_config.num_assistant_tokens = depth
@@ -141,7 +148,7 @@ def build_methods(
             "use_item_position": draft.config.use_item_position,
             "use_step_position": draft.config.use_step_position,
         }
-        methods.append(Method(name, "draft", {"assistant_model": draft}, draft, str(path), info))
+        methods.append(Method(name, "draft", {"assistant_model": draft}, draft, _where(path), info))
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise PadrecError(f"--draft: two methods share a name ({names}); name them with NAME=DIR")
@@ -152,21 +159,25 @@ def build_methods(
 
 
 class RoundRecorder:
-    """Records every speculation round of the target's ``generate`` calls: where it started, how many tokens
-    were drafted and how many the target accepted, and the time spent drafting.
+    """Records every speculation round of the target's ``generate`` calls and the time spent drafting.
 
     It wraps the candidate generator transformers builds for each assisted ``generate`` (an instance attribute
     shadowing ``_get_candidate_generator`` while the recorder is entered), so it works alike for prompt lookup,
-    a small assistant and a PAD-Rec draft, and never changes what is generated.
+    a small assistant and a PAD-Rec draft, and never changes what is generated. A round is recorded as
+    ``(input length, drafted, accepted, kept)``: ``accepted`` is the longest prefix of the drafted tokens that the
+    final sequence agrees with (what acceptance rates count, an accepted EOS included); ``kept`` is what
+    ``generate`` kept of the draft before adding the target's own token (it cuts at EOS and at the length limit).
+    On CUDA the clock is read after a synchronize, so asynchronous kernels are charged to the right side.
     """
 
     def __init__(self, model: torch.nn.Module):
         from .draft import causal_lm
 
         self.lm = causal_lm(model)
-        self.rounds: list[tuple[int, int, int]] = []  # (input length, drafted, accepted)
+        self.sync = next(self.lm.parameters()).is_cuda
+        self.rounds: list[tuple[int, int, int, int]] = []
         self.draft_seconds = 0.0
-        self._pending: tuple[int, int] | None = None
+        self._pending: tuple[int, list[int]] | None = None
 
     def __enter__(self) -> RoundRecorder:
         self.rounds, self.draft_seconds, self._pending = [], 0.0, None
@@ -176,20 +187,33 @@ class RoundRecorder:
     def __exit__(self, *exc) -> None:
         self.lm.__dict__.pop("_get_candidate_generator", None)
 
+    def _clock(self) -> float:
+        if self.sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def _make_generator(self, *args, **kwargs):
         generator = type(self.lm)._get_candidate_generator(self.lm, *args, **kwargs)
         get, update = generator.get_candidates, generator.update_candidate_strategy
 
         def get_candidates(input_ids, *a, **k):
-            t0 = time.perf_counter()
+            t0 = self._clock()
             out = get(input_ids, *a, **k)
-            self.draft_seconds += time.perf_counter() - t0
-            self._pending = (input_ids.shape[1], out[0].shape[1] - input_ids.shape[1])
+            self.draft_seconds += self._clock() - t0
+            start = input_ids.shape[1]
+            self._pending = (start, out[0][0, start:].tolist())
             return out
 
         def update_candidate_strategy(input_ids, scores, num_matches):
             if self._pending is not None:
-                self.rounds.append((*self._pending, int(num_matches)))
+                start, drafted = self._pending
+                final = input_ids[0, start : start + len(drafted)].tolist()
+                accepted = 0
+                for a, b in zip(drafted, final, strict=False):
+                    if a != b:
+                        break
+                    accepted += 1
+                self.rounds.append((start, len(drafted), accepted, int(num_matches)))
                 self._pending = None
             return update(input_ids, scores, num_matches)
 
@@ -210,7 +234,7 @@ class Measurement:
     target_forwards: int
     verify_ms: float
     draft_ms: float
-    rounds: list[tuple[int, int, int]]  # (start offset in the output, drafted, accepted)
+    rounds: list[tuple[int, int, int, int]]  # (start offset in the output, drafted, accepted, kept)
 
     def to_json(self) -> dict:
         return {
@@ -238,7 +262,7 @@ def measure(method: Method, rec: Recommender, user: str, split: str, recorder: R
         r.target_forwards,
         r.forward_ms,
         1000 * recorder.draft_seconds,
-        [(start - offset, drafted, accepted) for start, drafted, accepted in recorder.rounds],
+        [(start - offset, drafted, accepted, kept) for start, drafted, accepted, kept in recorder.rounds],
     )
 
 
@@ -273,7 +297,7 @@ def summarize(
     accepted_slot = [0] * len(slot_names)
     drafted_total = rounds_total = accepted_total = 0
     for m in runs:
-        for start, drafted, accepted in m.rounds:
+        for start, drafted, accepted, _ in m.rounds:
             rounds_total += 1
             drafted_total += drafted
             accepted_total += accepted
@@ -362,6 +386,8 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     from .hardware import hardware_info
     from .target import load_target
 
+    if out is not None:
+        check_output_dir(out, "report.json")
     torch.manual_seed(cfg.seed)
     dataset = load_dataset(cfg.data)
     target = load_target(cfg.target, device=cfg.device)
@@ -397,7 +423,14 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
         bar.update(1)
     bar.close()
     report = {
-        "config": {**cfg.__dict__, "list_len": rec.list_len, "measured_requests": len(users)},
+        "config": {
+            **cfg.__dict__,
+            "target": _where(cfg.target),
+            "data": _where(cfg.data),
+            "drafts": [m.source for m in methods if m.kind == "draft"],
+            "list_len": rec.list_len,
+            "measured_requests": len(users),
+        },
         "hardware": hardware_info(cfg.device),
         "wall_s": round(time.time() - t0, 1),
         "methods": {
@@ -490,7 +523,9 @@ def report_markdown(report: dict) -> str:
         "",
         "speedup: median over requests of AR latency ÷ method latency (same request, same process). "
         "τ: generated tokens per target forward, bonus token included. α_k: acceptance of draft step k given "
-        "steps < k were accepted, over every round. identical: share of requests whose output equals AR's.",
+        "steps < k were accepted, over every round (a PAD-Rec draft's blind first round, one token drafted before "
+        "any target feature exists, included); by slot: the item slot of that position in the final list. "
+        "identical: share of requests whose output equals AR's.",
         "",
         "Plots: [speedup](speedup.png) · [α by step](alpha_by_step.png) · [α by slot](alpha_by_slot.png) · "
         "[latency](latency.png)",

@@ -475,7 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--assistant", help="a small-LM assistant folder (padrec train-assistant)")
     b.add_argument("--split", default="test", choices=["valid", "test"])
     b.add_argument("--users", type=_positive, default=300, help="measured requests (first N users)")
-    b.add_argument("--warmup", type=_non_negative, default=3, help="requests run first and left out of the figures")
+    b.add_argument(
+        "--warmup", type=_non_negative, default=3, help="requests run first and left out of the figures"
+    )
     b.add_argument("--list-len", type=_positive, help="items per list (default: the target's)")
     b.add_argument(
         "--depth",

@@ -19,6 +19,7 @@ class ForwardCounter:
 
     def __init__(self, model: torch.nn.Module):
         self.module = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.sync = next(self.module.parameters()).is_cuda  # time kernels, not their launches
         self.count = 0
         self.seconds = 0.0
         self._handles: list = []
@@ -26,9 +27,13 @@ class ForwardCounter:
 
     def _pre(self, *_):
         self.count += 1
+        if self.sync:
+            torch.cuda.synchronize()
         self._start = time.perf_counter()
 
     def _post(self, *_):
+        if self.sync:
+            torch.cuda.synchronize()
         self.seconds += time.perf_counter() - self._start
 
     def __enter__(self) -> ForwardCounter:
@@ -112,6 +117,8 @@ class Recommender:
         with ForwardCounter(self.target.model) as counter:
             t0 = time.perf_counter()
             out = self.generate(ids, torch.ones_like(ids), **generate_kwargs)
+            if counter.sync:
+                torch.cuda.synchronize()
             latency = (time.perf_counter() - t0) * 1000
         gen = self.trim(out[0, len(prompt) :].tolist())
         return Recommendation(

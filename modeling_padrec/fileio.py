@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import PadrecError
+
 
 def write_json_atomic(path: str | Path, obj, indent: int | None = None) -> Path:
     """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
@@ -47,3 +49,22 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_dir(out: str | Path, marker: str, flag: str = "--out") -> Path:
+    """Refuse an output folder whose replacement would destroy something else: the working directory or a
+    folder above it, a file, or a non-empty folder that is not an earlier output of the same command (it has no
+    ``marker`` file). Such an earlier output is replaced whole when the new one is complete."""
+    out = Path(out).absolute()
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise PadrecError(f"{flag} {out}: is the working directory or contains it; choose a new folder")
+    if out.exists():
+        if not out.is_dir():
+            raise PadrecError(f"{flag} {out}: exists and is not a folder")
+        if any(out.iterdir()) and not (out / marker).exists():
+            raise PadrecError(
+                f"{flag} {out}: exists, is not empty and is not an earlier output of this command (no {marker}); "
+                "choose an empty or new folder"
+            )
+    return out

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PadrecError
-from .fileio import staged_dir
+from .fileio import check_output_dir, staged_dir
 
 CARDS = Path(__file__).resolve().parent.parent / "hub_cards"
 TAGS = ["padrec", "recommendation", "generative-recommendation", "speculative-decoding", "semantic-ids"]
@@ -126,7 +126,7 @@ def evaluation_markdown(report: dict | None, method: str | None, report_path: st
         "|" + "---|" * len(steps),
         "| " + " | ".join(str(a) for a in steps) + " |",
         "",
-        "and by item slot of the drafted token (code level a, b, …; sep = separator):",
+        "and by the item slot of the drafted position (code level a, b, …; sep = separator; other = end of list):",
         "",
         "| " + " | ".join(m["alpha_by_slot"]) + " |",
         "|" + "---|" * len(m["alpha_by_slot"]),
@@ -184,7 +184,7 @@ def example_prompt(target, data: str | None) -> str:
         rec = Recommender(target, dataset)
         user = dataset.eval_users("test")[0]
         return "".join(target.tokenizer.convert_ids_to_tokens(rec.prompt(user, "test")))
-    return "<s><|rec|>"
+    return (target.tokenizer.bos_token or "") + "<|rec|>"
 
 
 # --------------------------------------------------------------------------- export
@@ -227,9 +227,20 @@ def export(
             raise ExportError(f"--bench {bench}: cannot read a bench report ({e})") from None
         method, benched = bench_method(report, draft_dir, str(bench))
         depth = benched.get("depth")
+        benched_target = report.get("config", {}).get("target")
+        if benched_target and Path(benched_target).resolve() != target_dir.resolve():
+            raise ExportError(f"--bench {bench}: measured with the target {benched_target}, not {target_dir}")
+        if report["config"].get("list_len") != target.meta.list_len:
+            raise ExportError(f"--bench {bench}: measured with lists of {report['config'].get('list_len')} items, "
+                              f"the target writes {target.meta.list_len}")  # fmt: skip
     preset = target.meta.preset
     base_ref = target.model.peft_config["default"].base_model_name_or_path
     repos = {"draft": repo_id, "target": target_repo_id}
+    if preset and not (target.path / "base").is_dir():
+        raise ExportError(
+            f"--target {target_dir}: a preset target without its base/ folder (an exported copy?); export from "
+            "the folder padrec train-target wrote"
+        )
     if preset:
         repos["base"] = check_repo_id(base_repo_id or f"{repo_id}-base", "--base-repo-id")
         base_ref = repos["base"]
@@ -257,8 +268,13 @@ def export(
 
     if out is None:
         root = Path(tempfile.mkdtemp(prefix="padrec-export-"))
-        write(root)
+        try:
+            write(root)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
         return plan, root
+    check_output_dir(out, "export.json")
     with staged_dir(out) as tmp:
         write(tmp)
     return plan, Path(out)

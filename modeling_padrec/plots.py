@@ -7,13 +7,13 @@ from pathlib import Path
 PLOTS = ("speedup.png", "alpha_by_step.png", "alpha_by_slot.png", "latency.png")
 
 
-def _pyplot():
-    import matplotlib
+def _figure(figsize):
+    """A figure drawn straight to a file: matplotlib's object API, no pyplot state and no backend switch, so a
+    notebook's own plotting is left alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.add_subplot()
 
 
 def _title(report: dict, what: str) -> str:
@@ -24,12 +24,11 @@ def _title(report: dict, what: str) -> str:
 
 def plot_report(report: dict, runs: dict, out: Path) -> list[Path]:
     """Write the four plots of ``report`` (per-request ``runs`` for the latency distribution) into ``out``."""
-    plt = _pyplot()
     methods = report["methods"]
     names = list(methods)
     written = []
 
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
+    fig, ax = _figure(figsize=(1.2 * len(names) + 2, 4))
     med = [methods[n]["speedup"] for n in names]
     lo = [methods[n]["speedup"] - methods[n]["speedup_p10"] for n in names]
     hi = [methods[n]["speedup_p90"] - methods[n]["speedup"] for n in names]
@@ -40,9 +39,9 @@ def plot_report(report: dict, runs: dict, out: Path) -> list[Path]:
     ax.set_ylabel("speedup over ar (median, p10–p90)")
     ax.set_title(_title(report, "Speedup"), fontsize=9)
     ax.tick_params(axis="x", rotation=30)
-    written.append(_save(fig, out / "speedup.png", plt))
+    written.append(_save(fig, out / "speedup.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure(figsize=(6, 4))
     for n in names:
         alphas = methods[n]["alpha_by_step"]
         if alphas:
@@ -52,35 +51,34 @@ def plot_report(report: dict, runs: dict, out: Path) -> list[Path]:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title(_title(report, "Acceptance by draft step"), fontsize=9)
-    written.append(_save(fig, out / "alpha_by_step.png", plt))
+    written.append(_save(fig, out / "alpha_by_step.png"))
 
     slots = sorted({s for n in names for s in methods[n]["alpha_by_slot"]}, key=lambda s: (len(s) > 1, s))
     drafting = [n for n in names if methods[n]["alpha_by_slot"]]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(slots) + 2), 4))
+    fig, ax = _figure(figsize=(max(6, 1.1 * len(slots) + 2), 4))
     width = 0.8 / max(1, len(drafting))
     for j, n in enumerate(drafting):
-        values = [methods[n]["alpha_by_slot"].get(s, 0.0) for s in slots]
+        values = [methods[n]["alpha_by_slot"].get(s, float("nan")) for s in slots]  # never reached: no bar
         ax.bar([i + j * width for i in range(len(slots))], values, width, label=n)
     ax.set_xticks([i + width * (len(drafting) - 1) / 2 for i in range(len(slots))], slots)
-    ax.set_xlabel("item slot of the drafted token")
+    ax.set_xlabel("item slot of the drafted position (code level a, b, ...; sep; other = end of list)")
     ax.set_ylabel("acceptance")
     ax.set_ylim(0, 1.02)
     if drafting:
         ax.legend(fontsize=8, loc="lower left")
     ax.set_title(_title(report, "Acceptance by item slot"), fontsize=9)
-    written.append(_save(fig, out / "alpha_by_slot.png", plt))
+    written.append(_save(fig, out / "alpha_by_slot.png"))
 
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
+    fig, ax = _figure(figsize=(1.2 * len(names) + 2, 4))
     ax.boxplot([[m.latency_ms for m in runs[n]] for n in names], showfliers=True)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=30)
     ax.set_ylabel("latency per request (ms)")
     ax.set_title(_title(report, "Latency distribution"), fontsize=9)
-    written.append(_save(fig, out / "latency.png", plt))
+    written.append(_save(fig, out / "latency.png"))
     return written
 
 
-def _save(fig, path: Path, plt) -> Path:
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

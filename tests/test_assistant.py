@@ -49,11 +49,14 @@ def test_assisted_lists_equal_plain_greedy(assistant_dir, tiny_target, synthetic
     target = load_target(tiny_target)
     rec = Recommender(target, load_dataset(synthetic_dir))
     assistant = load_assistant(assistant_dir, rec.token_map)
+    plain_forwards = assisted_forwards = 0
     for user in rec.dataset.eval_users("test")[:10]:
         plain = rec.recommend(user)
         assisted = rec.recommend(user, assistant_model=assistant)
         assert assisted.output_ids == plain.output_ids
-        assert assisted.target_forwards <= plain.target_forwards
+        plain_forwards += plain.target_forwards
+        assisted_forwards += assisted.target_forwards
+    assert assisted_forwards < plain_forwards  # the distilled assistant gets tokens accepted
 
 
 def test_load_errors_name_the_folder(tmp_path, assistant_dir, tiny_target, synthetic_dir):

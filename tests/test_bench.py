@@ -89,17 +89,13 @@ def test_report_has_every_method_and_key_and_is_lossless(bench_out):
         assert set(REPORT_KEYS) <= set(m), name
         assert m["identical"] == 1.0, name
         assert m["requests"] == USERS
-        assert m["speedup_p10"] <= m["speedup"] <= m["speedup_p90"]
-        assert m["latency_ms_median"] <= m["latency_ms_p90"]
         assert isinstance(m["alpha_by_step"], list) and isinstance(m["alpha_by_slot"], dict)
         assert all(0.0 <= a <= 1.0 for a in [*m["alpha_by_step"], *m["alpha_by_slot"].values()])
-        profile = m["profile_ms_per_request"]
-        assert profile["draft"] + profile["verify"] + profile["other"] == pytest.approx(
-            profile["total"], abs=0.01
-        )
+        assert m["profile_ms_per_request"]["verify"] > 0 and m["latency_ms_median"] > 0
     ar = methods["ar"]
-    assert ar["speedup"] == ar["speedup_p10"] == ar["speedup_p90"] == 1.0
     assert ar["tau"] == 1.0 and ar["alpha_by_step"] == [] and ar["draft_ms_per_step"] is None
+    small = methods["small_lm"]  # the same tokens, fewer forwards
+    assert ar["target_forwards_mean"] == pytest.approx(small["tau"] * small["target_forwards_mean"], rel=1e-3)
     for name in ("small_lm", "pad-rec", "no-position"):
         assert methods[name]["tau"] > 1.0, name  # drafts of any quality accept something on a list
         assert len(methods[name]["alpha_by_step"]) == 3  # depth 3
@@ -119,8 +115,10 @@ def test_report_files_plots_and_markdown(bench_out):
         assert f"| {name} |" in md
     rows = [json.loads(line) for line in (bench_out / "requests.jsonl").read_text().splitlines()]
     assert len(rows) == 5 * USERS  # warm-up requests are not in the figures
-    for row in rows:  # each target forward yields one token plus the draft tokens it accepted
-        assert row["target_forwards"] + sum(a for _, _, a in row["rounds"]) == len(row["output_ids"])
+    for row in rows:  # each target forward yields one token plus the draft tokens it kept
+        assert row["target_forwards"] + sum(kept for *_, kept in row["rounds"]) == len(row["output_ids"])
+        for _, drafted, accepted, kept in row["rounds"]:
+            assert kept <= accepted <= drafted
     assert not list(bench_out.parent.glob(".*tmp-*"))
 
 
@@ -206,7 +204,7 @@ def test_acceptance_bookkeeping_by_step_and_slot(tiny_target, synthetic_dir):
     ar = Measurement("ar", user, out, [0, 1], 10.0, len(out), 8.0, 0.0, [])
     # round 1 at 0: 3 drafted, 1 accepted (step 0 accepted at slot a, step 1 rejected at slot b);
     # round 2 at 2: 4 drafted, all accepted (slots c sep a b), round 3 at 7: 1 drafted, 0 accepted (other)
-    rounds = [(0, 3, 1), (2, 4, 4), (7, 1, 0)]
+    rounds = [(0, 3, 1, 1), (2, 4, 4, 4), (7, 1, 0, 0)]
     spec = Measurement("x", user, out, [0, 1], 5.0, 3, 4.0, 0.5, rounds)
     s = summarize("x", [spec], [ar], rec, "test")
     assert s["alpha_by_step"] == [0.6667, 0.5, 1.0, 1.0]
@@ -216,13 +214,14 @@ def test_acceptance_bookkeeping_by_step_and_slot(tiny_target, synthetic_dir):
     assert s["profile_ms_per_request"] == {"draft": 0.5, "verify": 4.0, "other": 0.5, "total": 5.0}
 
 
-def test_rotation_and_warmup_do_not_change_outputs(tiny_target, synthetic_dir):
+def test_rotation_and_warmup_do_not_change_outputs(tiny_target, synthetic_dir, drafts, assistant):
     """Interleaving methods must not leak state between them (a draft's hooks are only on while it runs)."""
     rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
     user = rec.dataset.eval_users("test")[1]
     target = rec.target.model
     hooks_before = len(target.get_base_model().model._forward_hooks)
-    methods = bench_module.build_methods(rec)
+    methods = bench_module.build_methods(rec, drafts, assistant)
+    assert any(m.draft is not None for m in methods)
     recorder = bench_module.RoundRecorder(target)
     first = [bench_module.measure(m, rec, user, "test", recorder).output_ids for m in methods]
     second = [bench_module.measure(m, rec, user, "test", recorder).output_ids for m in reversed(methods)]
@@ -243,3 +242,37 @@ def test_depth_override_reaches_every_drafting_method(tiny_target, synthetic_dir
         model = deep[name].generate_kwargs["assistant_model"]
         assert model.generation_config.num_assistant_tokens == 7, name
         assert deep[name].info["depth"] == 7 and deep[name].info["trained_depth"] == 3, name
+
+
+def test_recorder_agrees_with_the_drafts_own_statistics(tiny_target, synthetic_dir, drafts):
+    """Two independent bookkeepers of the same rounds: the bench's wrapper around transformers' candidate
+    generator, and the PAD-Rec draft's own stats (which count its blind first round apart)."""
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    method = next(m for m in bench_module.build_methods(rec, drafts[:1]) if m.draft is not None)
+    recorder = bench_module.RoundRecorder(rec.target.model)
+    for user in rec.dataset.eval_users("test")[:4]:
+        method.draft.stats.reset()
+        m = bench_module.measure(method, rec, user, "test", recorder)
+        ours = [accepted for _, drafted, accepted, _ in m.rounds if drafted]
+        assert ours == method.draft.stats.accepted_per_round()
+        assert m.rounds[0][1] == 1  # the blind first round drafts one token
+
+
+def test_out_that_is_not_an_earlier_report_is_refused(tmp_path, tiny_target, synthetic_dir, capsys):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    code = main(["bench", "--target", str(tiny_target), "--data", str(synthetic_dir), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not an earlier output of this command" in err
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_named_drafts_and_folders_with_equals_signs(tmp_path, tiny_target, synthetic_dir, drafts):
+    import shutil
+
+    odd = tmp_path / "lr=0.1"
+    shutil.copytree(drafts[0], odd)
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    names = [m.name for m in bench_module.build_methods(rec, [f"mine={drafts[1]}", str(odd)])]
+    assert names == ["ar", "prompt_lookup", "mine", "pad-rec"]

@@ -106,7 +106,8 @@ def test_draft_card_parses_validates_and_every_figure_comes_from_the_report(expo
     assert "assistant_model=draft" in text and ".attach(target)" in text
     evaluation = text.split("## Evaluation", 1)[1].split("## Limitations", 1)[0]
     report = json.loads(report_path.read_text())
-    allowed = _report_numbers(report) | {float(k) for k in range(10)}  # k=0.. step labels
+    steps = len(report["methods"]["pad-rec"]["alpha_by_step"])
+    allowed = _report_numbers(report) | {float(k) for k in range(steps)}  # the k=0.. column labels
     figures = _numbers(evaluation)
     assert figures - allowed == set()
     m = report["methods"]["pad-rec"]
@@ -146,8 +147,14 @@ def test_bad_inputs_are_one_line_and_leave_out_untouched(
     for m in report["methods"].values():
         m["source"] = None
     other.write_text(json.dumps(report))
+    wrong_target = tmp_path / "wrong-target.json"
+    report = json.loads(report_path.read_text())
+    report["config"]["target"] = str(tmp_path)
+    wrong_target.write_text(json.dumps(report))
     cases = [
         (["--repo-id", "not a repo"], "--repo-id 'not a repo'"),
+        (["--repo-id", REPO, "--bench", str(wrong_target)], "measured with the target"),
+        (["--repo-id", REPO], "is not an earlier output of this command"),
         (["--repo-id", REPO, "--bench", str(other)], "has no method for the draft"),
         (["--repo-id", REPO, "--bench", str(tmp_path / "missing.json")], "cannot read a bench report"),
     ]
