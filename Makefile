@@ -84,6 +84,13 @@ reference-run: reference-target reference-bench
 reference-results: install
 	$(BIN)/python scripts/bench_table.py README.md runs/ref results
 
+# The Hub repos of a dataset's reference PAD-Rec draft and target, cards filled from its bench report
+# (nothing is uploaded; add PUSH=--push to upload).
+.PHONY: reference-export
+reference-export: install
+	$(BIN)/padrec export --draft $(REF)/draft-padrec --target $(REF)/target --repo-id padrec/$(DATA)-pad-rec \
+		--bench $(REF)/bench/report.json --out $(REF)/export $(PUSH)
+
 # Issue-3 evidence: AR and the PAD-Rec / no-position drafts on the same test users, outputs compared.
 .PHONY: reference-draft-evidence
 reference-draft-evidence: install $(REF)/draft-padrec/model.safetensors $(REF)/draft-none/model.safetensors

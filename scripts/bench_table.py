@@ -32,6 +32,9 @@ def publish(runs: Path, results: Path) -> list[Path]:
                 shutil.copyfile(report.parent / name, tmp / name)
             if sweep.is_file():  # make depth-sweep
                 shutil.copyfile(sweep, tmp / "depth-sweep.md")
+            card = report.parent.parent / "export" / "draft" / "README.md"
+            if card.is_file():  # make reference-export: the draft's model card as rendered
+                shutil.copyfile(card, tmp / "model-card.md")
         published.append(dest)
     return published
 
@@ -83,7 +86,8 @@ def render(results: Path, readme_dir: Path) -> str:
             f"{hw['cpu']}, torch {hw['torch']} ({hw['torch_threads']} thread"
             f"{'s' if hw['torch_threads'] != 1 else ''}), device {hw['device']}. "
             f"[report]({rel}/report.md) · [speedup]({rel}/speedup.png) · [α by step]({rel}/alpha_by_step.png) · "
-            f"[α by slot]({rel}/alpha_by_slot.png) · [latency]({rel}/latency.png)",
+            f"[α by slot]({rel}/alpha_by_slot.png) · [latency]({rel}/latency.png)"
+            + (f" · [model card]({rel}/model-card.md)" if (folder / "model-card.md").is_file() else ""),
             "",
             "| method | speedup (p10–p90) | latency ms median | τ | α by step | identical | R@10 | N@10 "
             "| draft ms / step |",
