@@ -70,7 +70,7 @@ $(REF)/assistant/model.safetensors:
 		--layers 1 --depth $(DRAFT_DEPTH) --max-steps $(DRAFT_STEPS) --max-users $(DRAFT_USERS) --seed 0 $(CACHE)
 
 # Every method on the same test users, interleaved: ar, prompt lookup, small LM, the four drafts.
-BENCH_DEPTH ?= 12
+BENCH_DEPTH ?= 15
 .PHONY: reference-bench
 reference-bench: install reference-drafts $(REF)/assistant/model.safetensors
 	$(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) --depth $(BENCH_DEPTH) \
