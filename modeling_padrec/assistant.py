@@ -22,11 +22,11 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from .draft import causal_lm
-from .draft_training import collate_examples, distillation_examples, rec_head
+from .draft_training import Distillation, rec_head
 from .errors import PadrecError
 from .fileio import staged_dir
 from .tokenization import TokenMap
-from .training import LOG_NAME, StageConfig, train_stage
+from .training import LOG_NAME
 
 META_NAME = "padrec_assistant.json"
 
@@ -114,72 +114,31 @@ def train_assistant(
     are the same ones ``padrec train-draft`` uses with the same ``max_users`` / ``seed``.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from .data import load_dataset
-    from .decoding import Recommender
-    from .target import load_target
 
     args = AssistantTrainArgs(str(target_dir), str(data), str(out), layers, depth, max_steps, seed, **options)
     accelerator = accelerator or Accelerator()
-    set_seed(seed)
-    target = load_target(target_dir, device=accelerator.device)
-    recommender = Recommender(target, load_dataset(data))
-    tm = recommender.token_map
-    out = Path(out).absolute()
-    work = out.with_name(f"{out.name}.work")
-    work.mkdir(parents=True, exist_ok=True)
-    examples = distillation_examples(
-        recommender,
-        target_dir,
-        data,
-        Path(args.cache_dir) if args.cache_dir else work,
-        args.max_users,
-        args.prompts_per_user,
-        seed,
-        accelerator,
-    )
+    run = Distillation.prepare(args, accelerator)
+    tm = run.recommender.token_map
     rec_ids = tm.rec_vocab()
-    head = rec_head(target.model, rec_ids)
+    head = rec_head(run.target.model, rec_ids)
     rec_ids = torch.tensor(rec_ids)
-    assistant = new_assistant(target, layers, seed).train()
-    final: dict[str, float] = {}
-
-    def loss_fn(model, batch):
-        loss, metrics = assistant_loss(model, batch, head, rec_ids)
-        final.update(metrics)
-        return loss, metrics
-
-    assistant = train_stage(
-        assistant,
-        examples,
-        lambda b: collate_examples(b, tm.pad_id),
-        StageConfig(
-            "assistant",
-            max_steps,
-            batch_size=min(args.batch_size, len(examples)),
-            lr=args.lr,
-            save_every=args.save_every,
-        ),
-        accelerator=accelerator,
-        work_dir=work,
-        seed=seed,
-        run_fingerprint={
-            k: v for k, v in asdict(args).items() if k not in ("out", "save_every", "cache_dir")
-        },
-        loss_fn=loss_fn,
+    assistant, final = run.train(
+        new_assistant(run.target, layers, seed).train(),
+        "assistant",
+        args,
+        lambda m, b: assistant_loss(m, b, head, rec_ids),
+        accelerator,
     )
     if accelerator.is_main_process:
         meta = {
             "args": asdict(args),
-            "examples": len(examples),
+            "examples": len(run.examples),
             "final": final,
             "token_map_fingerprint": tm.fingerprint(),
         }
-        save_assistant(assistant.eval(), target.tokenizer, out, depth, meta, work / LOG_NAME)
-        shutil.rmtree(work, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return out
+        save_assistant(assistant.eval(), run.target.tokenizer, run.out, depth, meta, run.work / LOG_NAME)
+    run.finish(accelerator)
+    return run.out
 
 
 def save_assistant(assistant, tokenizer, out: Path, depth: int, meta: dict, log: Path | None = None) -> None:

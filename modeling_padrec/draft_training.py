@@ -291,6 +291,79 @@ def distillation_examples(
     return examples
 
 
+@dataclass
+class Distillation:
+    """What every model distilled from a target's own lists starts from (the PAD-Rec draft and the small-LM
+    assistant): the loaded target and its recommender, the cached lists and features, and the work folder
+    ``<out>.work`` holding checkpoints and the training log."""
+
+    target: object
+    recommender: object
+    examples: DraftExamples
+    out: Path
+    work: Path
+
+    @classmethod
+    def prepare(cls, args, accelerator) -> Distillation:
+        """``args``: a :class:`DraftTrainArgs` or an ``AssistantTrainArgs`` (target_dir, data, out, seed,
+        max_users, prompts_per_user, cache_dir)."""
+        from accelerate.utils import set_seed
+
+        from .data import load_dataset
+        from .decoding import Recommender
+        from .target import load_target
+
+        set_seed(args.seed)
+        target = load_target(args.target_dir, device=accelerator.device)
+        recommender = Recommender(target, load_dataset(args.data))
+        out = Path(args.out).absolute()
+        work = out.with_name(f"{out.name}.work")
+        cache = Path(args.cache_dir) if args.cache_dir else work
+        examples = distillation_examples(
+            recommender, args.target_dir, args.data, cache, args.max_users, args.prompts_per_user, args.seed,
+            accelerator,
+        )  # fmt: skip
+        return cls(target, recommender, examples, out, work)
+
+    def train(self, model, name: str, args, loss, accelerator):
+        """Run ``loss(model, batch) -> (loss, metrics)`` for ``args.max_steps`` steps on the lists; returns the
+        trained model and the last logged metrics."""
+        final: dict[str, float] = {}
+
+        def loss_fn(m, batch):
+            value, metrics = loss(m, batch)
+            final.update(metrics)
+            return value, metrics
+
+        pad_id = self.recommender.token_map.pad_id
+        model = train_stage(
+            model,
+            self.examples,
+            lambda b: collate_examples(b, pad_id),
+            StageConfig(
+                name,
+                args.max_steps,
+                batch_size=min(args.batch_size, len(self.examples)),
+                lr=args.lr,
+                save_every=args.save_every,
+            ),
+            accelerator=accelerator,
+            work_dir=self.work,
+            seed=args.seed,
+            run_fingerprint={
+                k: v for k, v in asdict(args).items() if k not in ("out", "save_every", "cache_dir")
+            },
+            loss_fn=loss_fn,
+        )
+        return model, final
+
+    def finish(self, accelerator) -> None:
+        """Remove the work folder once the model is saved (main process), then line the processes up."""
+        if accelerator.is_main_process:
+            shutil.rmtree(self.work, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+
 def train_draft(
     target_dir: str | Path,
     data: str | Path,
@@ -312,11 +385,6 @@ def train_draft(
     (the arguments and final metrics) and ``train_log.jsonl``. Returns ``out`` as an absolute path.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from .data import load_dataset
-    from .decoding import Recommender
-    from .target import load_target
 
     args = DraftTrainArgs(
         str(target_dir),
@@ -330,64 +398,23 @@ def train_draft(
         **options,
     )
     accelerator = accelerator or Accelerator()
-    set_seed(seed)
-    target = load_target(target_dir, device=accelerator.device)
-    dataset = load_dataset(data)
-    recommender = Recommender(target, dataset)
-    tm = recommender.token_map
-    out = Path(out).absolute()
-    work = out.with_name(f"{out.name}.work")
-    work.mkdir(parents=True, exist_ok=True)
-
-    examples = distillation_examples(
-        recommender,
-        target_dir,
-        data,
-        Path(args.cache_dir) if args.cache_dir else work,
-        args.max_users,
-        args.prompts_per_user,
-        seed,
+    run = Distillation.prepare(args, accelerator)
+    draft = new_draft(
+        run.target, run.recommender.token_map, depth, use_item_position, use_step_position, seed=seed
+    )
+    head = rec_head(run.target.model, draft.config.rec_token_ids)
+    draft, final = run.train(
+        draft.train(),
+        "draft",
+        args,
+        lambda m, b: draft_loss(m, b, head, depth, args.feature_weight, args.token_weight),
         accelerator,
     )
-
-    draft = new_draft(target, tm, depth, use_item_position, use_step_position, seed=seed)
-    draft.train()
-    head = rec_head(target.model, draft.config.rec_token_ids)
-    fingerprint = {k: v for k, v in asdict(args).items() if k not in ("out", "save_every", "cache_dir")}
-    last: dict[str, float] = {}
-
-    def loss_fn(model, batch):
-        loss, metrics = draft_loss(model, batch, head, depth, args.feature_weight, args.token_weight)
-        last.update(metrics)
-        return loss, metrics
-
-    draft = train_stage(
-        draft,
-        examples,
-        lambda b: collate_examples(b, tm.pad_id),
-        StageConfig(
-            "draft",
-            max_steps,
-            batch_size=min(args.batch_size, len(examples)),
-            lr=args.lr,
-            save_every=args.save_every,
-        ),
-        accelerator=accelerator,
-        work_dir=work,
-        seed=seed,
-        run_fingerprint=fingerprint,
-        loss_fn=loss_fn,
-    )
     if accelerator.is_main_process:
-        _save_draft(
-            draft.eval(),
-            out,
-            {"args": asdict(args), "examples": len(examples), "final": last},
-            work / LOG_NAME,
-        )
-        shutil.rmtree(work, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return out
+        meta = {"args": asdict(args), "examples": len(run.examples), "final": final}
+        _save_draft(draft.eval(), run.out, meta, run.work / LOG_NAME)
+    run.finish(accelerator)
+    return run.out
 
 
 def _save_draft(draft: PadRecDraftModel, out: Path, meta: dict, log: Path) -> None:
