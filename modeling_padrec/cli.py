@@ -114,53 +114,40 @@ def cmd_train_target(args) -> int:
     return 0
 
 
-def cmd_train_draft(args) -> int:
-    from .data import load_dataset
-    from .draft_training import train_draft
-    from .target import load_target
-
-    load_dataset(args.data)  # clear errors before any work
-    load_target(args.target)
-    out = train_draft(
-        args.target,
-        args.data,
-        args.out,
-        depth=args.depth,
-        use_item_position=not args.no_item_pos,
-        use_step_position=not args.no_step_pos,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        max_users=args.max_users,
-        cache_dir=args.cache_dir,
-    )
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"draft written to {out}", file=sys.stderr)
-    return 0
-
-
-def cmd_train_assistant(args) -> int:
-    from .assistant import train_assistant
+def _distil(args, train, what: str, **settings) -> int:
+    """train-draft / train-assistant: check the inputs before any work, then distil from the target's lists."""
     from .data import load_dataset
     from .target import load_target
 
     load_dataset(args.data)
     load_target(args.target)
-    out = train_assistant(
+    out = train(
         args.target,
         args.data,
         args.out,
-        layers=args.layers,
-        depth=args.depth,
         max_steps=args.max_steps,
         seed=args.seed,
         batch_size=args.batch_size,
         max_users=args.max_users,
         cache_dir=args.cache_dir,
+        **settings,
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"assistant written to {out}", file=sys.stderr)
+        print(f"{what} written to {out}", file=sys.stderr)
     return 0
+
+
+def cmd_train_draft(args) -> int:
+    from .draft_training import train_draft
+
+    return _distil(args, train_draft, "draft", depth=args.depth, use_item_position=not args.no_item_pos,
+                   use_step_position=not args.no_step_pos)  # fmt: skip
+
+
+def cmd_train_assistant(args) -> int:
+    from .assistant import train_assistant
+
+    return _distil(args, train_assistant, "assistant", layers=args.layers, depth=args.depth)
 
 
 def _recommender(args):
@@ -321,18 +308,17 @@ def cmd_export(args) -> int:
 
     from .hub import describe, export, push
 
-    if args.dry_run:  # render into a temp folder, show the plan, write and send nothing
-        plan, root = export(args.draft, args.target, args.repo_id, None, args.bench, args.target_repo_id,
-                            args.base_repo_id, args.license, args.data)  # fmt: skip
+    if not (args.out or args.dry_run):
+        raise PadrecError("export: --out is required (or use --dry-run)")
+    out = None if args.dry_run else args.out  # a dry run renders into a temp folder, shown, then removed
+    plan, root = export(args.draft, args.target, args.repo_id, out, args.bench, args.target_repo_id,
+                        args.base_repo_id, args.license, args.data)  # fmt: skip
+    if args.dry_run:
         try:
             print("dry run: nothing written, nothing uploaded\n" + describe(plan, root))
         finally:
             shutil.rmtree(root, ignore_errors=True)
         return 0
-    if not args.out:
-        raise PadrecError("export: --out is required (or use --dry-run)")
-    plan, root = export(args.draft, args.target, args.repo_id, args.out, args.bench, args.target_repo_id,
-                        args.base_repo_id, args.license, args.data)  # fmt: skip
     print(describe(plan, root))
     print(f"written to {root}", file=sys.stderr)
     if args.push:
@@ -358,6 +344,24 @@ def cmd_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _distillation_args(parser: argparse.ArgumentParser, max_steps: int) -> None:
+    """Arguments of every model distilled from a target's own lists (train-draft, train-assistant)."""
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--max-steps", type=_positive, default=max_steps)
+    parser.add_argument("--batch-size", type=_positive, default=16)
+    parser.add_argument(
+        "--max-users", type=_positive, default=4000, help="training users whose lists are distilled"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cache-dir",
+        help="keep the target's distillation lists here, shared by train-draft and train-assistant runs on the "
+        "same target and data (default: OUT.work)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,38 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
         r.set_defaults(func=func)
 
     t = sub.add_parser("train-draft", help="train a PAD-Rec draft by self-distillation from a target")
-    t.add_argument("--target", required=True)
-    t.add_argument("--data", required=True)
-    t.add_argument("--out", required=True)
+    _distillation_args(t, max_steps=300)
     t.add_argument("--depth", type=_positive, default=5, help="draft steps per round (K)")
     t.add_argument("--no-item-pos", action="store_true", help="switch off the item-slot embedding")
     t.add_argument("--no-step-pos", action="store_true", help="switch off the gated draft-step embedding")
-    t.add_argument("--max-steps", type=_positive, default=300)
-    t.add_argument("--batch-size", type=_positive, default=16)
-    t.add_argument(
-        "--max-users", type=_positive, default=4000, help="training users whose lists are distilled"
-    )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument(
-        "--cache-dir",
-        help="keep the target's distillation lists here (shared by ablations; default: OUT.work)",
-    )
     t.set_defaults(func=cmd_train_draft)
 
     t = sub.add_parser("train-assistant", help="distil a small standalone Qwen2 assistant (vanilla SD)")
-    t.add_argument("--target", required=True)
-    t.add_argument("--data", required=True)
-    t.add_argument("--out", required=True)
+    _distillation_args(t, max_steps=1000)
     t.add_argument("--layers", type=_positive, default=1, help="decoder layers (1 or 2 in the benchmark)")
     t.add_argument("--depth", type=_positive, default=5, help="tokens drafted per round")
-    t.add_argument("--max-steps", type=_positive, default=1000)
-    t.add_argument("--batch-size", type=_positive, default=16)
-    t.add_argument("--max-users", type=_positive, default=4000)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument(
-        "--cache-dir",
-        help="keep the target's distillation lists here (shared with train-draft; default: OUT.work)",
-    )
     t.set_defaults(func=cmd_train_assistant)
 
     b = sub.add_parser(
