@@ -207,12 +207,7 @@ class RoundRecorder:
         def update_candidate_strategy(input_ids, scores, num_matches):
             if self._pending is not None:
                 start, drafted = self._pending
-                final = input_ids[0, start : start + len(drafted)].tolist()
-                accepted = 0
-                for a, b in zip(drafted, final, strict=False):
-                    if a != b:
-                        break
-                    accepted += 1
+                accepted = first_difference(drafted, input_ids[0, start : start + len(drafted)].tolist())
                 self.rounds.append((start, len(drafted), accepted, int(num_matches)))
                 self._pending = None
             return update(input_ids, scores, num_matches)
@@ -267,6 +262,7 @@ def measure(method: Method, rec: Recommender, user: str, split: str, recorder: R
 
 
 def first_difference(a: list[int], b: list[int]) -> int:
+    """Index of the first position where ``a`` and ``b`` differ: the length of their common prefix."""
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i

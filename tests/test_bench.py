@@ -30,6 +30,11 @@ pytestmark = pytest.mark.slow
 USERS = 8
 
 
+def bench_cli(target, data, *options) -> int:
+    """``padrec bench --target TARGET --data DATA OPTIONS...`` in this process; its exit code."""
+    return main(["bench", "--target", str(target), "--data", str(data), *map(str, options)])
+
+
 @pytest.fixture(scope="module")
 def drafts(tmp_path_factory, tiny_target, synthetic_dir):
     """Two untrained drafts with different position signals: lossless must hold for any draft."""
@@ -56,27 +61,8 @@ def assistant(tmp_path_factory, tiny_target, synthetic_dir):
 @pytest.fixture(scope="module")
 def bench_out(tmp_path_factory, tiny_target, synthetic_dir, drafts, assistant):
     out = tmp_path_factory.mktemp("bench") / "report"
-    code = main(
-        [
-            "bench",
-            "--target",
-            str(tiny_target),
-            "--data",
-            str(synthetic_dir),
-            "--users",
-            str(USERS),
-            "--warmup",
-            "1",
-            "--assistant",
-            assistant,
-            "--draft",
-            drafts[0],
-            "--draft",
-            drafts[1],
-            "--out",
-            str(out),
-        ]
-    )
+    code = bench_cli(tiny_target, synthetic_dir, "--users", USERS, "--warmup", 1, "--assistant", assistant,
+                     "--draft", drafts[0], "--draft", drafts[1], "--out", out)  # fmt: skip
     assert code == 0
     return out
 
@@ -155,21 +141,7 @@ def test_a_lossy_method_stops_the_bench_and_nothing_is_written(
             BenchConfig(str(tiny_target), str(synthetic_dir), users=2, warmup=1), out=out, progress=False
         )
     assert not out.exists()
-    code = main(
-        [
-            "bench",
-            "--target",
-            str(tiny_target),
-            "--data",
-            str(synthetic_dir),
-            "--users",
-            "2",
-            "--warmup",
-            "0",
-            "--out",
-            str(out),
-        ]
-    )
+    code = bench_cli(tiny_target, synthetic_dir, "--users", 2, "--warmup", 0, "--out", out)
     err = capsys.readouterr().err
     assert code == 2 and "padrec: error: method lossy is not lossless: request 0" in err
     assert "differs from ar at generated token 0" in err and "Traceback" not in err
@@ -177,19 +149,7 @@ def test_a_lossy_method_stops_the_bench_and_nothing_is_written(
 
 
 def test_bad_draft_folder_is_one_line(tmp_path, tiny_target, synthetic_dir, capsys):
-    code = main(
-        [
-            "bench",
-            "--target",
-            str(tiny_target),
-            "--data",
-            str(synthetic_dir),
-            "--draft",
-            str(tmp_path / "missing"),
-            "--out",
-            str(tmp_path / "r"),
-        ]
-    )
+    code = bench_cli(tiny_target, synthetic_dir, "--draft", tmp_path / "missing", "--out", tmp_path / "r")
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("padrec: error:") and "missing" in err and "\n" not in err
     assert not (tmp_path / "r").exists()
@@ -262,7 +222,7 @@ def test_out_that_is_not_an_earlier_report_is_refused(tmp_path, tiny_target, syn
     out = tmp_path / "notes"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    code = main(["bench", "--target", str(tiny_target), "--data", str(synthetic_dir), "--out", str(out)])
+    code = bench_cli(tiny_target, synthetic_dir, "--out", out)
     err = capsys.readouterr().err
     assert code == 2 and "is not an earlier output of this command" in err
     assert (out / "mine.txt").read_text() == "keep"
