@@ -1,0 +1,148 @@
+"""Who proposes the tokens a target forward verifies: nobody (jump-forward alone) or a PAD-Rec draft.
+
+A proposal is a chain of tokens after the current sequence. The draft is asked only where the catalog trie
+leaves a choice; forced tokens are filled in by the trie (the draft still steps over them, to carry its feature
+chain). ``budget`` counts choices, not tokens: a round ends after ``budget`` choices plus the forced run that
+follows the last one.
+
+:class:`DraftProposer` reads the target's features from the engine's own forwards (no hooks): after every target
+forward the engine hands it the features of the positions it kept. The draft's cache holds only positions whose
+inputs carry true target features; positions drafted on its own predictions are cropped at the end of a round.
+
+The draft is used through its forward alone (``draft(input_ids, target_features, step_ids=, cache=)`` returning
+``.features`` and ``.logits`` over ``config.rec_token_ids``), so any PAD-Rec ablation fits. This file imports only
+torch and transformers and its sibling files: it ships as Hub remote code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from .acceptance import Chooser
+from .scoring import crop
+from .trie import ListState
+
+
+@dataclass
+class Proposal:
+    """Tokens proposed after the sequence; ``choice[i]``: token i was a choice (else forced); ``q[i]``: the
+    draft's distribution over the allowed tokens at a sampled choice (None when greedy or forced)."""
+
+    tokens: list[int] = field(default_factory=list)
+    choice: list[bool] = field(default_factory=list)
+    q: list[torch.Tensor | None] = field(default_factory=list)
+    draft_steps: int = 0
+    draft_seconds: float = 0.0
+
+    @property
+    def choices(self) -> int:
+        return sum(self.choice)
+
+
+class NoProposer:
+    """Jump-forward alone: nothing is proposed; every choice is the target's."""
+
+    depth = 0
+
+    def reset(self) -> None:
+        pass
+
+    def feed(self, features: torch.Tensor) -> None:
+        pass
+
+    def propose(self, sequence, committed, state, chooser, max_tokens) -> Proposal:
+        return Proposal()
+
+
+class DraftProposer:
+    """A PAD-Rec draft proposing ``depth`` choices per round from the target's features.
+
+    Args:
+        draft: a PAD-Rec draft model (any of the four ablations).
+        depth: choices proposed per round (default: the draft's trained depth, ``config.max_draft_steps``).
+    """
+
+    def __init__(self, draft: torch.nn.Module, depth: int | None = None):
+        self.draft = draft
+        self.depth = int(depth or draft.config.max_draft_steps)
+        if self.depth < 1:
+            raise ValueError(f"depth must be >= 1, got {self.depth}")
+        param = next(draft.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        ids = torch.tensor(draft.config.rec_token_ids, dtype=torch.long)
+        rows = torch.full((draft.config.vocab_size,), -1, dtype=torch.long)
+        rows[ids] = torch.arange(len(ids))
+        self.rows = rows.to(self.device)  # target id → column of the draft's head (-1: not in it)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous request."""
+        self.cache = DynamicCache()
+        self.pending: list[torch.Tensor] = []  # target features of positions not yet in the draft cache
+
+    @property
+    def known(self) -> int:
+        return self.cache.get_seq_length()
+
+    def feed(self, features: torch.Tensor) -> None:
+        """Target features ``(1, m, hidden)`` of the next ``m`` positions the target kept."""
+        if features.shape[1]:
+            self.pending.append(features)
+
+    def _step(self, token: int, feature: torch.Tensor, step: int):
+        out = self.draft(torch.tensor([[token]], device=self.device), feature, step_ids=step, cache=self.cache)
+        return out.features[:, -1:], out.logits[0, -1]
+
+    @torch.no_grad()
+    def propose(
+        self, sequence: list[int], committed: int, state: ListState, chooser: Chooser, max_tokens: int
+    ) -> Proposal:
+        """Draft after ``sequence`` (whose first ``committed`` tokens the target has run; ``state`` is the list
+        state after all of it) until ``depth`` choices, the end of the list, or ``max_tokens`` tokens."""
+        t0 = time.perf_counter()
+        proposal = Proposal()
+        known = self.known
+        features = torch.cat(self.pending, dim=1) if len(self.pending) > 1 else self.pending[0]
+        self.pending = []
+        if known + features.shape[1] != committed or len(sequence) <= committed:
+            raise RuntimeError(
+                f"draft out of step: it holds {known} positions + {features.shape[1]} new features, the target "
+                f"ran {committed} of {len(sequence)} tokens"
+            )
+        # catch up on the kept positions in one forward (true features, step 0): entry t = (f_t, x_{t+1})
+        inputs = torch.tensor([sequence[known + 1 : committed + 1]], device=self.device)
+        out = self.draft(inputs, features.to(self.dtype), step_ids=0, cache=self.cache)
+        feature, logits = out.features[:, -1:], out.logits[0, -1]
+        steps, step = 1, 1
+        for token in sequence[committed + 1 :]:  # decided tokens the target has not run yet (forced, bonus)
+            feature, logits = self._step(token, feature, step)
+            steps, step = steps + 1, step + 1
+        state = state.copy()
+        while len(proposal.tokens) < max_tokens and not state.done:
+            forced = state.forced()
+            if forced is not None:
+                token, q, is_choice = forced, None, False
+            else:
+                if proposal.choices == self.depth:
+                    break
+                allowed = state.allowed_tensor(self.device)
+                token, q = chooser.choose(logits[self.rows[allowed]].float(), allowed)
+                is_choice = True
+            state.advance(token)
+            proposal.tokens.append(token)
+            proposal.choice.append(is_choice)
+            proposal.q.append(q)
+            if state.done or len(proposal.tokens) == max_tokens:
+                break
+            if proposal.choices == self.depth and state.forced() is None:
+                break  # the budget is spent and the next token is a choice: no need for its logits
+            feature, logits = self._step(token, feature, step)
+            steps, step = steps + 1, step + 1
+        crop(self.cache, committed)  # drop every position drafted on the draft's own features
+        proposal.draft_steps = steps
+        proposal.draft_seconds = time.perf_counter() - t0
+        return proposal
