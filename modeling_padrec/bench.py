@@ -2,10 +2,13 @@
 
 Methods, all under the same catalog constraint and greedy decoding:
 
-* ``ar``: ``target.generate`` with no assistant, the reference every ratio is taken against;
+* ``ar``: stock ``target.generate`` with no assistant, the reference every ratio is taken against;
 * ``prompt_lookup``: transformers' prompt-lookup decoding (no model, n-grams of the prompt);
 * ``small_lm``: a standalone small Qwen2 assistant (``padrec train-assistant``), vanilla speculative decoding;
-* one method per PAD-Rec draft folder (``assistant_model=draft``), named after its position signals.
+* ``generate:NAME``: one per PAD-Rec draft folder through stock ``generate(assistant_model=draft)``, named after
+  its position signals (``pad-rec``, ``item-only``, ``step-only``, ``no-position``);
+* ``ar-jf``: padrec's engine with no draft (jump-forward over forced tokens, the target decides every choice);
+* ``NAME``: one per draft through padrec's engine (drafting only at the choices, one forward per round).
 
 For every request (one test user) all methods run back to back in one process, in an order rotated from request
 to request, so machine drift hits them alike. The first ``warmup`` requests are run and thrown away. Every
@@ -63,13 +66,16 @@ class Method:
     attached to the target only while its own requests run so its hooks never touch the other methods."""
 
     name: str
-    kind: str  # ar | prompt_lookup | small_lm | draft
+    kind: str  # ar | prompt_lookup | small_lm | draft (stock generate) | engine
     generate_kwargs: dict = field(default_factory=dict)
     draft: torch.nn.Module | None = None
     source: str | None = None
     info: dict = field(default_factory=dict)
+    engine: object | None = None  # padrec's engine (kind "engine")
 
     def run(self, rec: Recommender, user: str, split: str, recorder: RoundRecorder):
+        if self.engine is not None:
+            return rec.recommend(user, split, engine=self.engine)
         if self.draft is not None:
             self.draft.attach(rec.target.model, rec.token_map)
         try:
@@ -100,12 +106,14 @@ def build_methods(
     lookup_tokens: int | None = None,
     lookup_ngram: int = 2,
     depth: int | None = None,
+    only: list[str] | None = None,
 ) -> list[Method]:
-    """AR, prompt lookup, the small-LM assistant (if given) and every draft folder (``DIR`` or ``NAME=DIR``).
+    """AR, prompt lookup, the small-LM assistant (if given), every draft folder (``DIR`` or ``NAME=DIR``) through
+    stock ``generate``, then the engine: ``ar-jf`` and every draft.
 
-    ``depth``: tokens drafted per round by every model-based method (default: each one's own
-    ``num_assistant_tokens``, i.e. its trained depth); prompt lookup proposes ``lookup_tokens`` (default:
-    ``depth``, else 5).
+    ``depth``: tokens drafted per round by every stock model-based method, and choices drafted per round by
+    every engine draft (default: each one's own trained depth); prompt lookup proposes ``lookup_tokens``
+    (default: ``depth``, else 5). ``only``: keep these methods (``ar`` is always kept: it is the reference).
     """
     from .assistant import load_assistant
     from .draft import load_draft
@@ -148,10 +156,24 @@ def build_methods(
             "use_item_position": draft.config.use_item_position,
             "use_step_position": draft.config.use_step_position,
         }
-        methods.append(Method(name, "draft", {"assistant_model": draft}, draft, _where(path), info))
+        methods.append(
+            Method(f"generate:{name}", "draft", {"assistant_model": draft}, draft, _where(path), info)
+        )
+    methods.append(Method("ar-jf", "engine", info={"depth": 0}, engine=rec.engine()))
+    for method in [m for m in methods if m.kind == "draft"]:
+        draft = method.draft
+        engine = rec.engine(draft, depth or draft.config.max_draft_steps)
+        info = {**method.info, "depth": engine.depth}
+        name = method.name.removeprefix("generate:")
+        methods.append(Method(name, "engine", draft=draft, source=method.source, info=info, engine=engine))
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise PadrecError(f"--draft: two methods share a name ({names}); name them with NAME=DIR")
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise PadrecError(f"--only: no method named {', '.join(unknown)} (methods: {', '.join(names)})")
+        methods = [m for m in methods if m.name == "ar" or m.name in only]
     return methods
 
 
@@ -229,7 +251,9 @@ class Measurement:
     target_forwards: int
     verify_ms: float
     draft_ms: float
-    rounds: list[tuple[int, int, int, int]]  # (start offset in the output, drafted, accepted, kept)
+    # (start offset in the output, drafted, accepted, kept[, offsets of the choices within the draft (engine)])
+    rounds: list[tuple]
+    draft_steps: int = 0  # draft forwards (stock path: drafted tokens)
 
     def to_json(self) -> dict:
         return {
@@ -239,6 +263,7 @@ class Measurement:
             "target_forwards": self.target_forwards,
             "verify_ms": round(self.verify_ms, 3),
             "draft_ms": round(self.draft_ms, 3),
+            "draft_steps": self.draft_steps,
             "rounds": [list(r) for r in self.rounds],
             "output_ids": self.output_ids,
             "items": self.items,
@@ -247,18 +272,35 @@ class Measurement:
 
 def measure(method: Method, rec: Recommender, user: str, split: str, recorder: RoundRecorder) -> Measurement:
     r = method.run(rec, user, split, recorder)
-    offset = len(r.prompt_ids)
+    if method.kind == "engine":
+        rounds = [
+            (start, drafted, acc, acc, offsets) for start, drafted, acc, offsets in r.extra.get("rounds", [])
+        ]
+        draft_ms, draft_steps = r.extra["draft_ms"], r.extra["draft_steps"]
+    else:
+        offset = len(r.prompt_ids)
+        rounds = [(start - offset, drafted, acc, kept) for start, drafted, acc, kept in recorder.rounds]
+        draft_ms, draft_steps = 1000 * recorder.draft_seconds, sum(d for _, d, _, _ in rounds)
     return Measurement(
-        method.name,
-        user,
-        r.output_ids,
-        r.items,
-        r.latency_ms,
-        r.target_forwards,
-        r.forward_ms,
-        1000 * recorder.draft_seconds,
-        [(start - offset, drafted, accepted, kept) for start, drafted, accepted, kept in recorder.rounds],
-    )
+        method.name, user, r.output_ids, r.items, r.latency_ms, r.target_forwards, r.forward_ms, draft_ms,
+        rounds, draft_steps,
+    )  # fmt: skip
+
+
+def choice_positions(trie, output_ids: list[int]) -> int:
+    """Positions of a list where the catalog left more than one valid token (counted by walking the trie over
+    the written list, independently of how it was decoded)."""
+    state, count = trie.start(), 0
+    for tok in output_ids:
+        count += state.num_allowed() > 1
+        state.advance(tok)
+    return count
+
+
+def perfect_draft_forwards(choices: int, depth: int) -> int:
+    """Target forwards a list with ``choices`` choices needs when a draft proposing ``depth`` choices per round
+    is always right: the prefill decides the first choice, every later forward ``depth`` + 1."""
+    return 0 if choices == 0 else 1 + -(-(choices - 1) // (depth + 1))
 
 
 def first_difference(a: list[int], b: list[int]) -> int:
@@ -277,9 +319,15 @@ def _pct(values, q) -> float:
 
 
 def summarize(
-    name: str, runs: list[Measurement], ar_runs: list[Measurement], rec: Recommender, split: str
+    name: str,
+    runs: list[Measurement],
+    ar_runs: list[Measurement],
+    rec: Recommender,
+    split: str,
+    engine_depth: int | None = None,
 ) -> dict:
-    """Every figure of one method over the measured requests (``runs`` and ``ar_runs`` aligned by request)."""
+    """Every figure of one method over the measured requests (``runs`` and ``ar_runs`` aligned by request).
+    ``engine_depth``: choices drafted per round by an engine method (0: no draft), for the perfect-draft bound."""
     slot_of = rec.token_map.slot_table().tolist()
     levels = rec.token_map.levels
     slot_names = [rec.token_map.level_letter(lv) for lv in range(levels)] + ["sep", "other"]
@@ -293,23 +341,30 @@ def summarize(
     accepted_slot = [0] * len(slot_names)
     drafted_total = rounds_total = accepted_total = 0
     for m in runs:
-        for start, drafted, accepted, _ in m.rounds:
+        for start, drafted, accepted, _, *choice_offsets in m.rounds:
             rounds_total += 1
             drafted_total += drafted
             accepted_total += accepted
-            for k in range(min(accepted + 1, drafted)):  # step k is reached when steps < k were accepted
-                pos = start + k
+            # the draft's steps: every drafted token (stock path) or every drafted choice (engine, where forced
+            # tokens are filled in by the catalog); step k is reached when everything before it was accepted
+            offsets = choice_offsets[0] if choice_offsets else range(drafted)
+            for k, offset in enumerate(offsets):
+                if offset > accepted:
+                    break
+                pos = start + offset
                 slot = slot_of[m.output_ids[pos]] if pos < len(m.output_ids) else levels + 1
-                for table, value in ((reached_step, 1), (accepted_step, int(k < accepted))):
+                for table, value in ((reached_step, 1), (accepted_step, int(offset < accepted))):
                     table.extend([0] * (k + 1 - len(table)))
                     table[k] += value
                 reached_slot[slot] += 1
-                accepted_slot[slot] += int(k < accepted)
+                accepted_slot[slot] += int(offset < accepted)
     lists = {m.user: m.items for m in runs}
     quality = ranking_metrics(lists, {u: rec.dataset.targets(split)[u] for u in lists})
     n = len(runs)
     draft_ms = sum(m.draft_ms for m in runs)
+    draft_steps = sum(m.draft_steps for m in runs)
     verify_ms = sum(m.verify_ms for m in runs)
+    choices = [choice_positions(rec.trie, m.output_ids) for m in runs]
     total_ms = sum(latencies)
     per_round = max(rounds_total, 1)
     return {
@@ -320,7 +375,7 @@ def summarize(
         "speedup_p90": _pct(ratios, 90),
         "latency_ms_median": _pct(latencies, 50),
         "latency_ms_p90": _pct(latencies, 90),
-        "tau": round(tokens / forwards, 4),
+        "tau": round(tokens / max(forwards, 1), 4),
         "alpha_by_step": [round(a / r, 4) for a, r in zip(accepted_step, reached_step, strict=True)],
         "alpha_by_slot": {
             s: round(a / r, 4) for s, a, r in zip(slot_names, accepted_slot, reached_slot, strict=True) if r
@@ -330,7 +385,10 @@ def summarize(
         ),
         **{k: quality[k] for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")},
         "target_forwards_mean": round(forwards / n, 3),
-        "draft_ms_per_step": round(draft_ms / drafted_total, 4) if drafted_total else None,
+        "draft_ms_per_step": round(draft_ms / draft_steps, 4) if draft_steps else None,
+        "draft_steps_mean": round(draft_steps / n, 3),
+        "choices_per_list": round(sum(choices) / n, 3),
+        "forced_share": round(1 - sum(choices) / tokens, 4),
         "rounds_mean": round(rounds_total / n, 3),
         "drafted_per_round": round(drafted_total / per_round, 4) if rounds_total else None,
         "accepted_per_round": round(accepted_total / per_round, 4) if rounds_total else None,
@@ -349,7 +407,12 @@ def summarize(
             if rounds_total
             else None
         ),
-        "target_forward_ms_mean": round(verify_ms / forwards, 4),
+        "target_forward_ms_mean": round(verify_ms / max(forwards, 1), 4),
+        "perfect_draft_forwards_mean": (
+            None
+            if engine_depth is None
+            else round(sum(perfect_draft_forwards(c, engine_depth) for c in choices) / n, 3)
+        ),
     }
 
 
@@ -371,6 +434,8 @@ class BenchConfig:
     lookup_ngram: int = 2
     device: str = "cpu"
     seed: int = 0
+    merge_lora: bool = False
+    only: list[str] | None = None
 
 
 def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = True) -> dict:
@@ -386,12 +451,14 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
         check_output_dir(out, "report.json")
     torch.manual_seed(cfg.seed)
     dataset = load_dataset(cfg.data)
-    target = load_target(cfg.target, device=cfg.device)
-    rec = Recommender(target, dataset, list_len=cfg.list_len)
+    target = load_target(cfg.target, device=cfg.device, merge_lora=cfg.merge_lora)
+    rec = Recommender(target, dataset, list_len=cfg.list_len, engine="generate")  # engine methods pass theirs
     users = dataset.eval_users(cfg.split)[: cfg.users]
     if not users:
         raise PadrecError(f"{cfg.data}: no users with a non-empty {cfg.split} target list")
-    methods = build_methods(rec, cfg.drafts, cfg.assistant, cfg.lookup_tokens, cfg.lookup_ngram, cfg.depth)
+    methods = build_methods(
+        rec, cfg.drafts, cfg.assistant, cfg.lookup_tokens, cfg.lookup_ngram, cfg.depth, cfg.only
+    )
     recorder = RoundRecorder(target.model)
     warm = users[: cfg.warmup]
     runs: dict[str, list[Measurement]] = {m.name: [] for m in methods}
@@ -434,7 +501,9 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
                 "kind": m.kind,
                 "source": m.source,
                 **m.info,
-                **summarize(m.name, runs[m.name], runs["ar"], rec, cfg.split),
+                **summarize(
+                    m.name, runs[m.name], runs["ar"], rec, cfg.split, m.engine.depth if m.engine else None
+                ),
             }
             for m in methods
         },
@@ -464,16 +533,23 @@ def report_markdown(report: dict) -> str:
         f"transformers {hw['transformers']}, device {hw['device']}{', ' + hw['gpu'] if 'gpu' in hw else ''}.",
         "",
         "| method | speedup (p10–p90) | latency ms median / p90 | τ | identical | R@10 | N@10 "
-        "| target fwd / request | draft ms / step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target fwd / request | perfect-draft fwd | draft ms / step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in report["methods"].items():
         lines.append(
             f"| {name} | {m['speedup']:.2f}× ({m['speedup_p10']:.2f}–{m['speedup_p90']:.2f}) "
             f"| {m['latency_ms_median']:.1f} / {m['latency_ms_p90']:.1f} | {m['tau']:.3f} | {m['identical']:.3f} "
             f"| {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | {m['target_forwards_mean']:.1f} "
-            f"| {_fmt(m['draft_ms_per_step'])} |"
+            f"| {_fmt(m.get('perfect_draft_forwards_mean'), '.1f')} | {_fmt(m['draft_ms_per_step'])} |"
         )
+    first = next(iter(report["methods"].values()))
+    lines += [
+        "",
+        f"Every list has {first['choices_per_list']:.1f} positions where the catalog leaves a choice on average; "
+        f"{100 * first['forced_share']:.1f}% of its tokens are forced. Methods without a `generate:` prefix, "
+        "other than `ar`, run on padrec's engine.",
+    ]
     slots = sorted(
         {s for m in report["methods"].values() for s in m["alpha_by_slot"]}, key=lambda s: (len(s) > 1, s)
     )
@@ -518,9 +594,11 @@ def report_markdown(report: dict) -> str:
     lines += [
         "",
         "speedup: median over requests of AR latency ÷ method latency (same request, same process). "
-        "τ: generated tokens per target forward, bonus token included. α_k: acceptance of draft step k given "
-        "steps < k were accepted, over every round (a PAD-Rec draft's blind first round, one token drafted before "
-        "any target feature exists, included); by slot: the item slot of that position in the final list. "
+        "τ: generated tokens per target forward, bonus and forced tokens included. α_k: acceptance of draft step "
+        "k given steps < k were accepted, over every round (stock path: every drafted token is a step, a PAD-Rec "
+        "draft's blind first round included; engine: every drafted choice is a step, forced tokens are filled in "
+        "by the catalog); by slot: the item slot of that position in the final list. perfect-draft fwd: target "
+        "forwards per list if the engine's draft were always right at its depth (ar-jf: one per choice). "
         "identical: share of requests whose output equals AR's.",
         "",
         "Plots: [speedup](speedup.png) · [α by step](alpha_by_step.png) · [α by slot](alpha_by_slot.png) · "

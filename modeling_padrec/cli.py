@@ -159,8 +159,8 @@ def _recommender(args):
 
     torch.manual_seed(0)
     dataset = load_dataset(args.data)
-    target = load_target(args.target, device=_device(args.device))
-    rec = Recommender(target, dataset, list_len=args.list_len)
+    target = load_target(args.target, device=_device(args.device), merge_lora=args.merge_lora)
+    rec = Recommender(target, dataset, list_len=args.list_len, engine=args.engine)
     users = dataset.eval_users(args.split)[: args.users]
     if not users:
         raise PadrecError(f"{args.data}: no users with a non-empty {args.split} target list")
@@ -171,14 +171,21 @@ def cmd_recommend(args) -> int:
     from tqdm.auto import tqdm
 
     rec, users = _recommender(args)
-    kwargs, draft = {}, None
+    kwargs, draft, engine = {}, None, None
+    if args.depth and not args.draft:
+        raise PadrecError("--depth needs --draft")
     if args.draft:
         from .draft import load_draft
 
-        draft = load_draft(args.draft, rec.token_map, device=rec.device).attach(
-            rec.target.model, rec.token_map
-        )
-        kwargs["assistant_model"] = draft
+        draft = load_draft(args.draft, rec.token_map, device=rec.device)
+        if args.engine == "engine":
+            engine = rec.engine(draft, args.depth)
+        else:
+            if args.depth:
+                draft.generation_config.num_assistant_tokens = args.depth
+            kwargs["assistant_model"] = draft.attach(rec.target.model, rec.token_map)
+    if engine is not None:
+        kwargs["engine"] = engine
     results, draft_summaries = [], []
     if args.warmup:  # one untimed request first: lazy initialisation stays out of the figures
         rec.recommend(users[0], args.split, **kwargs)
@@ -187,7 +194,9 @@ def cmd_recommend(args) -> int:
             draft.stats.reset()
         r = rec.recommend(user, args.split, **kwargs)
         results.append(r)
-        if draft is not None:
+        if engine is not None:
+            r.extra["accepted_per_round"] = [accepted for _, _, accepted, _ in r.extra["rounds"]]
+        elif draft is not None:
             r.extra["accepted_per_round"] = draft.stats.accepted_per_round()
             draft_summaries.append(draft.stats.summary())
         if args.json:
@@ -198,9 +207,11 @@ def cmd_recommend(args) -> int:
         from .fileio import write_json_atomic
         from .hardware import hardware_info
 
-        stats = recommend_stats(results, rec.token_map, draft, draft_summaries)
+        stats = recommend_stats(results, rec.token_map, draft if engine is None else None, draft_summaries)
         stats.update(target=str(args.target), draft=args.draft, data=str(args.data), split=args.split,
-                     hardware=hardware_info(str(rec.device)))  # fmt: skip
+                     engine=args.engine, hardware=hardware_info(str(rec.device)))  # fmt: skip
+        if engine is not None:
+            stats.update(engine_stats(results, engine.depth))
         write_json_atomic(args.stats, stats, indent=2)
     return 0
 
@@ -224,6 +235,21 @@ def cmd_evaluate(args) -> int:
     else:
         print(format_eval_table(report))
     return 0
+
+
+def engine_stats(results, depth: int) -> dict:
+    """What the engine's per-user extras add up to: forced share, choices, draft rounds and steps."""
+    tokens = sum(len(r.output_ids) for r in results)
+    rounds = [rd for r in results for rd in r.extra.get("rounds", [])]
+    steps = sum(r.extra["draft_steps"] for r in results)
+    return {
+        "depth": depth,
+        "forced_share": round(sum(r.extra["forced_tokens"] for r in results) / tokens, 4),
+        "choices_per_list": round(sum(r.extra["choices"] for r in results) / len(results), 3),
+        "rounds_mean": round(len(rounds) / len(results), 3),
+        "accepted_per_round_mean": round(sum(rd[2] for rd in rounds) / len(rounds), 4) if rounds else None,
+        "draft_ms_per_step": round(sum(r.extra["draft_ms"] for r in results) / steps, 4) if steps else None,
+    }
 
 
 def recommend_stats(results, token_map, draft, draft_summaries: list[dict]) -> dict:
@@ -290,6 +316,8 @@ def cmd_bench(args) -> int:
         depth=args.depth,
         lookup_tokens=args.lookup_tokens,
         device=_device(args.device),
+        merge_lora=args.merge_lora,
+        only=[n for part in args.only for n in part.split(",") if n] if args.only else None,
     )
     report = run_bench(cfg, out=args.out, progress=not args.json and sys.stderr.isatty())
     if args.json:
@@ -364,6 +392,21 @@ def _distillation_args(parser: argparse.ArgumentParser, max_steps: int) -> None:
     )
 
 
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=["engine", "generate"],
+        default="engine",
+        help="engine: padrec's decoding engine (jump-forward over forced tokens, drafting at choices; default); "
+        "generate: stock transformers generate (the reference). Both write the same lists.",
+    )
+    parser.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="decode with the LoRA weights merged into a copy of the base",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="padrec", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -420,8 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--list-len", type=_positive, help="items per list (default: the target's)")
         r.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
         r.add_argument("--json", action="store_true")
+        _engine_args(r)
         if name == "recommend":
-            r.add_argument("--draft", help="a PAD-Rec draft folder: assisted generation, same outputs")
+            r.add_argument("--draft", help="a PAD-Rec draft folder (or repo id): faster, the same lists")
+            r.add_argument(
+                "--depth",
+                type=_positive,
+                help="with --draft: choices (engine) or tokens (generate) per round",
+            )
             r.add_argument(
                 "--stats", help="write run statistics (tau, alpha by step and slot, timings) to this JSON"
             )
@@ -470,6 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--lookup-tokens", type=_positive, help="prompt-lookup tokens per round (default: --depth, else 5)"
     )
     b.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    b.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="every method decodes with the LoRA weights merged into the base",
+    )
+    b.add_argument(
+        "--only",
+        action="append",
+        help="run only these methods (comma-separated names, e.g. ar-jf,pad-rec; ar always runs)",
+    )
     b.add_argument("--out", help="report folder (report.json, report.md, requests.jsonl, plots)")
     b.add_argument("--json", action="store_true", help="print report.json instead of the tables")
     b.set_defaults(func=cmd_bench)

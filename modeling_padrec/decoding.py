@@ -1,4 +1,9 @@
-"""Recommend: prompts in, constrained greedy lists out, with latency and target-forward counts."""
+"""Recommend: prompts in, constrained greedy lists out, with latency and target-forward counts.
+
+Two decoding paths, the same lists: padrec's engine (:mod:`modeling_padrec.engine`: jump-forward over the
+tokens the catalog forces, optional PAD-Rec drafting at the choices) is the default; ``engine="generate"`` keeps
+stock ``target.generate`` under :class:`CatalogListConstraint`, the reference and the compatibility path.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,12 @@ from transformers import LogitsProcessorList
 
 from .constraint import CatalogListConstraint, parse_list
 from .data import RecDataset
+from .engine import CatalogTrie, Engine, GenerationSettings
+from .errors import PadrecError
 from .examples import ItemEncoder, left_pad
 from .target import Target
+
+ENGINES = ("engine", "generate")
 
 
 class ForwardCounter:
@@ -71,12 +80,21 @@ class Recommendation:
 class Recommender:
     """Builds prompts for a dataset's users and decodes their lists with a target under the catalog constraint."""
 
-    def __init__(self, target: Target, dataset: RecDataset, list_len: int | None = None):
-        self.target, self.dataset = target, dataset
+    def __init__(
+        self, target: Target, dataset: RecDataset, list_len: int | None = None, engine: str = "engine"
+    ):
+        if engine not in ENGINES:
+            raise PadrecError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        self.target, self.dataset, self.engine_name = target, dataset, engine
         self.token_map = target.check_dataset(dataset)
         self.encoder = ItemEncoder(self.token_map, dataset)
         self.list_len = list_len or target.meta.list_len
-        self.constraint = CatalogListConstraint.from_token_map(self.token_map, dataset.index, self.list_len)
+        tm = self.token_map
+        self.trie = CatalogTrie(tm.item_ids(dataset.index), tm.sep_id, tm.eos_id, self.list_len)
+        self.constraint = CatalogListConstraint(
+            None, tm.sep_id, tm.eos_id, tm.rec_id, self.list_len, trie=self.trie
+        )
+        self._engines: dict[tuple, Engine] = {}
         self.item_lookup = {tuple(t): i for i, t in enumerate(self.encoder.item_tokens)}
         self.device = next(target.model.parameters()).device
 
@@ -110,8 +128,23 @@ class Recommender:
                 **kwargs,
             )
 
-    def recommend(self, user: str, split: str = "test", **generate_kwargs) -> Recommendation:
-        """One user, batch size 1, timed; counts the target's forward passes."""
+    def engine(self, draft=None, depth: int | None = None) -> Engine:
+        """padrec's engine for this target and catalog (greedy), with ``draft`` proposing ``depth`` choices per
+        round (default: the draft's trained depth); built once per (draft, depth)."""
+        key = (id(draft), depth)
+        if key not in self._engines:
+            settings = GenerationSettings(max_new_tokens=self.max_new_tokens)
+            self._engines[key] = Engine(self.target.model, self.trie, draft, depth, settings)
+        return self._engines[key]
+
+    def recommend(self, user: str, split: str = "test", engine: Engine | None = None, **generate_kwargs):
+        """One user, batch size 1, timed; counts the target's forward passes. With ``engine`` (or when the
+        recommender was made with ``engine="engine"`` and no ``generate`` arguments are given) decodes with
+        padrec's engine, else with stock ``generate``."""
+        if engine is None and self.engine_name == "engine" and not generate_kwargs:
+            engine = self.engine()
+        if engine is not None:
+            return self._recommend_engine(user, split, engine)
         prompt = self.prompt(user, split)
         ids = torch.tensor([prompt])
         with ForwardCounter(self.target.model) as counter:
@@ -125,9 +158,36 @@ class Recommender:
             user, prompt, gen, self.items(gen), round(latency, 3), counter.count, 1000 * counter.seconds
         )
 
+    def _recommend_engine(self, user: str, split: str, engine: Engine) -> Recommendation:
+        prompt = self.prompt(user, split)
+        t0 = time.perf_counter()
+        result = engine.generate(prompt)
+        latency = (time.perf_counter() - t0) * 1000
+        gen = self.trim(result.output_ids)
+        extra = {
+            "forced_tokens": result.forced_tokens,
+            "choices": result.choices,
+            "draft_steps": result.draft_steps,
+            "draft_ms": round(1000 * result.draft_seconds, 3),
+        }
+        if engine.depth:
+            extra["rounds"] = [r.to_json() for r in result.rounds]
+        return Recommendation(
+            user, prompt, gen, self.items(gen), round(latency, 3), result.target_forwards,
+            1000 * result.forward_seconds, extra,
+        )  # fmt: skip
+
     def recommend_batch(self, users: list[str], split: str = "test", batch_size: int = 32, progress=None):
-        """Lists for many users, left-padded batches (for evaluation; no per-user timing)."""
+        """Lists for many users (for evaluation; no per-user timing): with the engine one user at a time, with
+        ``engine="generate"`` in left-padded batches of stock ``generate``."""
         out: dict[str, list[int | None]] = {}
+        if self.engine_name == "engine":
+            engine = self.engine()
+            for user in users:
+                out[user] = self.items(self.trim(engine.generate(self.prompt(user, split)).output_ids))
+                if progress is not None:
+                    progress.update(1)
+            return out
         for start in range(0, len(users), batch_size):
             chunk = users[start : start + batch_size]
             batch = left_pad([self.prompt(u, split) for u in chunk], self.token_map.pad_id)

@@ -217,8 +217,11 @@ def resolve_folder(path: str | Path, error: type[Exception], what: str) -> Path:
         raise error(f"{path}: not a local {what} directory, and not available from the Hub ({e})") from None
 
 
-def load_target(path: str | Path, device: str | torch.device = "cpu") -> Target:
-    """Load a target folder written by ``padrec train-target`` (or exported to the Hub: pass its repo id)."""
+def load_target(path: str | Path, device: str | torch.device = "cpu", merge_lora: bool = False) -> Target:
+    """Load a target folder written by ``padrec train-target`` (or exported to the Hub: pass its repo id).
+
+    ``merge_lora``: fold the LoRA weights into the base (PEFT's ``merge_and_unload``; the folder is untouched),
+    so every forward runs plain ``transformers`` layers. Greedy lists stay the same up to float rounding."""
     from peft import PeftConfig, PeftModel
 
     folder = resolve_folder(path, TargetError, "target")
@@ -236,5 +239,7 @@ def load_target(path: str | Path, device: str | torch.device = "cpu") -> Target:
         model = PeftModel.from_pretrained(base, folder)
     except (OSError, ValueError, KeyError) as e:
         raise TargetError(f"{folder}: cannot load the target ({e})") from None
+    if merge_lora:
+        model = model.merge_and_unload()
     model.to(device).eval()
     return Target(model=model, tokenizer=tokenizer, meta=meta, path=folder)

@@ -28,6 +28,8 @@ from modeling_padrec.target import load_target
 
 pytestmark = pytest.mark.slow
 USERS = 8
+STOCK_DRAFTS = ["generate:pad-rec", "generate:no-position"]
+ENGINE_DRAFTS = ["pad-rec", "no-position"]
 
 
 def bench_cli(target, data, *options) -> int:
@@ -70,7 +72,7 @@ def bench_out(tmp_path_factory, tiny_target, synthetic_dir, drafts, assistant):
 def test_report_has_every_method_and_key_and_is_lossless(bench_out):
     report = json.loads((bench_out / "report.json").read_text())
     methods = report["methods"]
-    assert list(methods) == ["ar", "prompt_lookup", "small_lm", "pad-rec", "no-position"]
+    assert list(methods) == ["ar", "prompt_lookup", "small_lm", *STOCK_DRAFTS, "ar-jf", *ENGINE_DRAFTS]
     for name, m in methods.items():
         assert set(REPORT_KEYS) <= set(m), name
         assert m["identical"] == 1.0, name
@@ -82,13 +84,20 @@ def test_report_has_every_method_and_key_and_is_lossless(bench_out):
     assert ar["tau"] == 1.0 and ar["alpha_by_step"] == [] and ar["draft_ms_per_step"] is None
     small = methods["small_lm"]  # the same tokens, fewer forwards
     assert ar["target_forwards_mean"] == pytest.approx(small["tau"] * small["target_forwards_mean"], rel=1e-3)
-    for name in ("small_lm", "pad-rec", "no-position"):
+    for name in ("small_lm", *STOCK_DRAFTS, *ENGINE_DRAFTS):
         assert methods[name]["tau"] > 1.0, name  # drafts of any quality accept something on a list
-        assert len(methods[name]["alpha_by_step"]) == 3  # depth 3
+        assert len(methods[name]["alpha_by_step"]) == 3  # depth 3 (engine: 3 choices per round)
         assert methods[name]["draft_ms_per_step"] > 0
-    # the same outputs give the same quality
-    assert len({(m["recall@10"], m["ndcg@10"]) for m in methods.values()}) == 1
-    assert methods["pad-rec"]["use_item_position"] and not methods["no-position"]["use_item_position"]
+    # the same outputs give the same quality, and the same choices and forced tokens
+    assert len({(m["recall@10"], m["ndcg@10"], m["choices_per_list"]) for m in methods.values()}) == 1
+    for name in STOCK_DRAFTS + ENGINE_DRAFTS:
+        assert methods[name]["use_item_position"] == name.endswith("pad-rec")
+    # jump-forward alone: one target forward per position where the catalog leaves a choice
+    jf = methods["ar-jf"]
+    assert jf["target_forwards_mean"] == jf["choices_per_list"] == jf["perfect_draft_forwards_mean"]
+    assert jf["tau"] > 1.0 and jf["forced_share"] > 0 and jf["alpha_by_step"] == []
+    for name in ENGINE_DRAFTS:  # a draft never needs fewer forwards than a perfect one
+        assert methods[name]["target_forwards_mean"] >= methods[name]["perfect_draft_forwards_mean"] > 0
     hw = report["hardware"]
     assert {"cpu", "torch_threads", "torch", "transformers", "device"} <= set(hw)
 
@@ -97,14 +106,18 @@ def test_report_files_plots_and_markdown(bench_out):
     for name in PLOTS:
         assert (bench_out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     md = (bench_out / "report.md").read_text()
-    for name in ("ar", "prompt_lookup", "small_lm", "pad-rec", "no-position"):
+    names = ["ar", "prompt_lookup", "small_lm", *STOCK_DRAFTS, "ar-jf", *ENGINE_DRAFTS]
+    for name in names:
         assert f"| {name} |" in md
     rows = [json.loads(line) for line in (bench_out / "requests.jsonl").read_text().splitlines()]
-    assert len(rows) == 5 * USERS  # warm-up requests are not in the figures
-    for row in rows:  # each target forward yields one token plus the draft tokens it kept
-        assert row["target_forwards"] + sum(kept for *_, kept in row["rounds"]) == len(row["output_ids"])
-        for _, drafted, accepted, kept in row["rounds"]:
-            assert kept <= accepted <= drafted
+    assert len(rows) == len(names) * USERS  # warm-up requests are not in the figures
+    for row in rows:
+        if row["method"] in ("ar", "prompt_lookup", "small_lm", *STOCK_DRAFTS):
+            # stock path: each target forward yields one token plus the draft tokens it kept
+            assert row["target_forwards"] + sum(r[3] for r in row["rounds"]) == len(row["output_ids"])
+        for start, drafted, accepted, kept, *choices in row["rounds"]:
+            assert kept <= accepted <= drafted and start + accepted <= len(row["output_ids"])
+            assert all(0 <= o < drafted for o in (choices[0] if choices else []))
     assert not list(bench_out.parent.glob(".*tmp-*"))
 
 
@@ -156,7 +169,7 @@ def test_bad_draft_folder_is_one_line(tmp_path, tiny_target, synthetic_dir, caps
 
 
 def test_acceptance_bookkeeping_by_step_and_slot(tiny_target, synthetic_dir):
-    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir), engine="generate")
     tm = rec.token_map
     user = rec.dataset.eval_users("test")[0]
     items = rec.encoder.item_tokens
@@ -165,18 +178,24 @@ def test_acceptance_bookkeeping_by_step_and_slot(tiny_target, synthetic_dir):
     # round 1 at 0: 3 drafted, 1 accepted (step 0 accepted at slot a, step 1 rejected at slot b);
     # round 2 at 2: 4 drafted, all accepted (slots c sep a b), round 3 at 7: 1 drafted, 0 accepted (other)
     rounds = [(0, 3, 1, 1), (2, 4, 4, 4), (7, 1, 0, 0)]
-    spec = Measurement("x", user, out, [0, 1], 5.0, 3, 4.0, 0.5, rounds)
+    spec = Measurement("x", user, out, [0, 1], 5.0, 3, 4.0, 0.5, rounds, draft_steps=8)
     s = summarize("x", [spec], [ar], rec, "test")
     assert s["alpha_by_step"] == [0.6667, 0.5, 1.0, 1.0]
     assert s["alpha_by_slot"] == {"a": 1.0, "b": 0.5, "c": 1.0, "sep": 1.0, "other": 0.0}
     assert s["speedup"] == 2.0 and s["identical"] == 1.0
     assert s["tau"] == round(len(out) / 3, 4) and s["draft_ms_per_step"] == round(0.5 / 8, 4)
     assert s["profile_ms_per_request"] == {"draft": 0.5, "verify": 4.0, "other": 0.5, "total": 5.0}
+    # engine rounds count drafted choices only: round at 0 drafts choices at offsets 0 and 2 (the token at
+    # offset 1 forced), keeps 2 tokens: choice 0 accepted, choice 1 (offset 2) reached and rejected
+    engine = Measurement("e", user, out, [0, 1], 5.0, 2, 4.0, 0.5, [(0, 3, 2, 2, [0, 2])], draft_steps=3)
+    e = summarize("e", [engine], [ar], rec, "test", engine_depth=2)
+    assert e["alpha_by_step"] == [1.0, 0.0] and e["alpha_by_slot"] == {"a": 1.0, "c": 0.0}
+    assert e["choices_per_list"] == sum(rec.trie.walk(out[:i]).num_allowed() > 1 for i in range(len(out)))
 
 
 def test_rotation_and_warmup_do_not_change_outputs(tiny_target, synthetic_dir, drafts, assistant):
     """Interleaving methods must not leak state between them (a draft's hooks are only on while it runs)."""
-    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir), engine="generate")
     user = rec.dataset.eval_users("test")[1]
     target = rec.target.model
     hooks_before = len(target.get_base_model().model._forward_hooks)
@@ -192,22 +211,25 @@ def test_rotation_and_warmup_do_not_change_outputs(tiny_target, synthetic_dir, d
 
 
 def test_depth_override_reaches_every_drafting_method(tiny_target, synthetic_dir, drafts, assistant):
-    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir), engine="generate")
     trained = {m.name: m for m in bench_module.build_methods(rec, drafts, assistant)}
     assert trained["prompt_lookup"].generate_kwargs["prompt_lookup_num_tokens"] == 5
-    assert trained["pad-rec"].info["depth"] == trained["pad-rec"].info["trained_depth"] == 3
+    assert trained["generate:pad-rec"].info["depth"] == trained["generate:pad-rec"].info["trained_depth"] == 3
+    assert trained["pad-rec"].engine.depth == 3
     deep = {m.name: m for m in bench_module.build_methods(rec, drafts, assistant, depth=7)}
     assert deep["prompt_lookup"].generate_kwargs["prompt_lookup_num_tokens"] == 7
-    for name in ("small_lm", "pad-rec", "no-position"):
+    for name in ("small_lm", *STOCK_DRAFTS):
         model = deep[name].generate_kwargs["assistant_model"]
         assert model.generation_config.num_assistant_tokens == 7, name
         assert deep[name].info["depth"] == 7 and deep[name].info["trained_depth"] == 3, name
+    for name in ENGINE_DRAFTS:
+        assert deep[name].engine.depth == deep[name].info["depth"] == 7, name
 
 
 def test_recorder_agrees_with_the_drafts_own_statistics(tiny_target, synthetic_dir, drafts):
     """Two independent bookkeepers of the same rounds: the bench's wrapper around transformers' candidate
     generator, and the PAD-Rec draft's own stats (which count its blind first round apart)."""
-    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir), engine="generate")
     method = next(m for m in bench_module.build_methods(rec, drafts[:1]) if m.draft is not None)
     recorder = bench_module.RoundRecorder(rec.target.model)
     for user in rec.dataset.eval_users("test")[:4]:
@@ -233,6 +255,6 @@ def test_named_drafts_and_folders_with_equals_signs(tmp_path, tiny_target, synth
 
     odd = tmp_path / "lr=0.1"
     shutil.copytree(drafts[0], odd)
-    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir), engine="generate")
     names = [m.name for m in bench_module.build_methods(rec, [f"mine={drafts[1]}", str(odd)])]
-    assert names == ["ar", "prompt_lookup", "mine", "pad-rec"]
+    assert names == ["ar", "prompt_lookup", "generate:mine", "generate:pad-rec", "ar-jf", "mine", "pad-rec"]

@@ -9,8 +9,8 @@
 Every file here imports only torch, transformers, the standard library and each other, so the folder ships as
 Hub remote code.
 """
-from .trie import CatalogTrie, ListState
 
 from .loop import Engine, EngineOutput, GenerationSettings, Round
+from .trie import CatalogTrie, ListState
 
 __all__ = ["CatalogTrie", "Engine", "EngineOutput", "GenerationSettings", "ListState", "Round"]

@@ -87,7 +87,9 @@ class Chooser:
         p = self.probs(logits)
         index = int((allowed == drafted).nonzero()[0])
         if q is None or q.shape != p.shape:
-            raise ValueError("speculative sampling needs the draft's distribution over the same allowed tokens")
+            raise ValueError(
+                "speculative sampling needs the draft's distribution over the same allowed tokens"
+            )
         ratio = float(p[index]) / max(float(q[index]), 1e-30)
         if ratio >= 1.0 or float(torch.rand((), generator=self.generator)) < ratio:
             return True, drafted

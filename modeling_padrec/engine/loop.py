@@ -114,8 +114,10 @@ class Engine:
         """Decode one list after ``prompt_ids`` (ids or a ``(1, n)`` tensor); ``generator`` seeds sampling."""
         settings = settings or self.settings
         chooser = Chooser(settings, generator)
-        prompt = prompt_ids[0].tolist() if torch.is_tensor(prompt_ids) and prompt_ids.dim() == 2 else list(
-            prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids
+        prompt = (
+            prompt_ids[0].tolist()
+            if torch.is_tensor(prompt_ids) and prompt_ids.dim() == 2
+            else list(prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)
         )
         if not prompt:
             raise ValueError("the prompt must hold at least one token (the prompt-end token)")

@@ -94,7 +94,9 @@ class DraftProposer:
             self.pending.append(features)
 
     def _step(self, token: int, feature: torch.Tensor, step: int):
-        out = self.draft(torch.tensor([[token]], device=self.device), feature, step_ids=step, cache=self.cache)
+        out = self.draft(
+            torch.tensor([[token]], device=self.device), feature, step_ids=step, cache=self.cache
+        )
         return out.features[:, -1:], out.logits[0, -1]
 
     @torch.no_grad()

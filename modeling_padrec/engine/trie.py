@@ -42,7 +42,9 @@ class CatalogTrie:
     def __init__(self, item_token_ids, sep_id: int, eos_id: int, list_len: int):
         codes = torch.as_tensor(item_token_ids, dtype=torch.long).cpu()
         if codes.dim() != 2 or codes.shape[0] == 0 or codes.shape[1] == 0:
-            raise ValueError(f"item_token_ids must be a non-empty (num_items, L) table, got {tuple(codes.shape)}")
+            raise ValueError(
+                f"item_token_ids must be a non-empty (num_items, L) table, got {tuple(codes.shape)}"
+            )
         if list_len < 1:
             raise ValueError(f"list_len must be >= 1, got {list_len}")
         if sep_id == eos_id or bool(((codes == sep_id) | (codes == eos_id)).any()):
@@ -68,7 +70,12 @@ class CatalogTrie:
         n = codes.shape[0]
         new_prefix = torch.zeros(n, dtype=torch.bool)  # row starts a new prefix of length d + 1
         new_prefix[0] = True
-        ids_per_level, tokens, parents, depths = [], [torch.tensor([-1])], [torch.tensor([-1])], [torch.tensor([0])]
+        ids_per_level, tokens, parents, depths = (
+            [],
+            [torch.tensor([-1])],
+            [torch.tensor([-1])],
+            [torch.tensor([0])],
+        )
         offset, parent_of_row = 1, torch.zeros(n, dtype=torch.long)
         for d in range(self.levels):
             if n > 1:
@@ -85,7 +92,9 @@ class CatalogTrie:
         self.token = torch.cat(tokens)
         self.parent = torch.cat(parents)
         self.depth = torch.cat(depths)
-        leaf_rows = (ids_per_level[-1][1:] != ids_per_level[-1][:-1]) if n > 1 else torch.zeros(0, dtype=torch.bool)
+        leaf_rows = (
+            (ids_per_level[-1][1:] != ids_per_level[-1][:-1]) if n > 1 else torch.zeros(0, dtype=torch.bool)
+        )
         leaf_first_row = torch.cat([torch.tensor([0]), leaf_rows.nonzero().squeeze(1) + 1])
         self.leaf_item = order[leaf_first_row]  # one catalog row per distinct code
         self.first_leaf = int(ids_per_level[-1][0])
