@@ -354,6 +354,7 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         cache: DynamicCache | None = None,
         use_cache: bool | None = None,
+        compute_logits: bool = True,
         **kwargs,
     ) -> PadRecDraftOutput:
         r"""
@@ -368,6 +369,8 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
             attention_mask (`torch.Tensor`, *optional*): a 2-D padding mask over cache + new positions (1 = keep),
                 or a ready 4-D additive mask `(batch, 1, seq, kv_len)` (training-time test uses one).
             cache (`DynamicCache`, *optional*): keys/values of earlier positions; updated in place.
+            compute_logits (`bool`): False skips the head (``logits`` is None) when only the predicted features
+                are needed, as at a token the catalog forces; :meth:`head_logits` computes them later.
         """
         ids, rows, slots = self._lookups(input_ids.device)
         if step_ids is None or isinstance(step_ids, int):
@@ -388,7 +391,12 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
             use_cache=cache is not None if use_cache is None else use_cache,
             position_embeddings=self.rotary_emb(hidden, position_ids),
         )
-        return PadRecDraftOutput(features=hidden, logits=self.lm_head(self.norm(hidden)), cache=cache)
+        logits = self.head_logits(hidden) if compute_logits else None
+        return PadRecDraftOutput(features=hidden, logits=logits, cache=cache)
+
+    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits over the recommendation vocabulary from predicted features (what ``forward`` returns)."""
+        return self.lm_head(self.norm(features))
 
     # ------------------------------------------------------------------ target hookup
 

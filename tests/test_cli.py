@@ -139,5 +139,19 @@ def test_recommend_json(tiny_target, synthetic_dir):
         chunks = " ".join(tokens[:-1]).split(f" {SEP_TOKEN} ")
         items = [code_to_item[tuple(c.split())] for c in chunks]
         assert len(items) == list_len == len(set(items))
-        assert r["items"] == items
-        assert r["target_forwards"] == len(r["output_ids"]) and r["latency_ms"] > 0
+        assert r["items"] == items and r["latency_ms"] > 0
+        # the engine (default) runs the target once per position where the catalog leaves a choice
+        assert r["target_forwards"] == r["choices"] == len(r["output_ids"]) - r["forced_tokens"]
+        assert r["forced_tokens"] >= list_len  # at least every separator and the EOS
+
+
+def test_recommend_engines_agree(tiny_target, synthetic_dir):
+    """Stock generate (--engine generate) writes the same lists, one forward per token."""
+    args = ("recommend", "--target", tiny_target, "--data", synthetic_dir, "--users", 3, "--json")
+    engine, stock = padrec(*args), padrec(*args, "--engine", "generate")
+    assert engine.returncode == stock.returncode == 0, engine.stderr + stock.stderr
+    rows_e = [json.loads(line) for line in engine.stdout.splitlines()]
+    rows_s = [json.loads(line) for line in stock.stdout.splitlines()]
+    assert [r["output_ids"] for r in rows_e] == [r["output_ids"] for r in rows_s]
+    assert all(r["target_forwards"] == len(r["output_ids"]) for r in rows_s)
+    assert all(e["target_forwards"] < s["target_forwards"] for e, s in zip(rows_e, rows_s, strict=True))

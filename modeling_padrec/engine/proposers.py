@@ -9,8 +9,9 @@ follows the last one.
 forward the engine hands it the features of the positions it kept. The draft's cache holds only positions whose
 inputs carry true target features; positions drafted on its own predictions are cropped at the end of a round.
 
-The draft is used through its forward alone (``draft(input_ids, target_features, step_ids=, cache=)`` returning
-``.features`` and ``.logits`` over ``config.rec_token_ids``), so any PAD-Rec ablation fits. This file imports only
+The draft is used through its forward (``draft(input_ids, target_features, step_ids=, cache=, compute_logits=)``
+returning ``.features`` and ``.logits`` over ``config.rec_token_ids``) and ``draft.head_logits(features)``, so
+any PAD-Rec ablation fits. This file imports only
 torch and transformers and its sibling files: it ships as Hub remote code.
 """
 
@@ -93,18 +94,23 @@ class DraftProposer:
         if features.shape[1]:
             self.pending.append(features)
 
-    def _step(self, token: int, feature: torch.Tensor, step: int):
+    def _step(self, token: int, feature: torch.Tensor, step: int, logits: bool):
         out = self.draft(
-            torch.tensor([[token]], device=self.device), feature, step_ids=step, cache=self.cache
-        )
-        return out.features[:, -1:], out.logits[0, -1]
+            torch.tensor([[token]], device=self.device), feature, step_ids=step, cache=self.cache,
+            compute_logits=logits,
+        )  # fmt: skip
+        return out.features[:, -1:], (out.logits[0, -1] if logits else None)
 
     @torch.no_grad()
     def propose(
         self, sequence: list[int], committed: int, state: ListState, chooser: Chooser, max_tokens: int
     ) -> Proposal:
         """Draft after ``sequence`` (whose first ``committed`` tokens the target has run; ``state`` is the list
-        state after all of it) until ``depth`` choices, the end of the list, or ``max_tokens`` tokens."""
+        state after all of it) until ``depth`` choices, the end of the list, or ``max_tokens`` tokens.
+
+        The draft steps over every token up to the last choice (its feature chain needs them) but computes
+        logits only where the next token is a choice; after the last choice the forced tokens that follow are
+        appended without asking the draft at all."""
         t0 = time.perf_counter()
         proposal = Proposal()
         known = self.known
@@ -115,15 +121,19 @@ class DraftProposer:
                 f"draft out of step: it holds {known} positions + {features.shape[1]} new features, the target "
                 f"ran {committed} of {len(sequence)} tokens"
             )
+        state = state.copy()
         # catch up on the kept positions in one forward (true features, step 0): entry t = (f_t, x_{t+1})
         inputs = torch.tensor([sequence[known + 1 : committed + 1]], device=self.device)
-        out = self.draft(inputs, features.to(self.dtype), step_ids=0, cache=self.cache)
-        feature, logits = out.features[:, -1:], out.logits[0, -1]
-        steps, step = 1, 1
-        for token in sequence[committed + 1 :]:  # decided tokens the target has not run yet (forced, bonus)
-            feature, logits = self._step(token, feature, step)
-            steps, step = steps + 1, step + 1
-        state = state.copy()
+        waiting = sequence[committed + 1 :]  # decided tokens the target has not run yet (bonus, forced run)
+        out = self.draft(
+            inputs, features.to(self.dtype), step_ids=0, cache=self.cache, compute_logits=not waiting
+        )  # fmt: skip
+        feature = out.features[:, -1:]
+        logits = out.logits[0, -1] if not waiting else None
+        steps = 1
+        for i, token in enumerate(waiting):
+            feature, logits = self._step(token, feature, steps, logits=i == len(waiting) - 1)
+            steps += 1
         while len(proposal.tokens) < max_tokens and not state.done:
             forced = state.forced()
             if forced is not None:
@@ -131,6 +141,8 @@ class DraftProposer:
             else:
                 if proposal.choices == self.depth:
                     break
+                if logits is None:
+                    logits = self.draft.head_logits(feature)[0, -1]
                 allowed = state.allowed_tensor(self.device)
                 token, q = chooser.choose(logits[self.rows[allowed]].float(), allowed)
                 is_choice = True
@@ -140,10 +152,10 @@ class DraftProposer:
             proposal.q.append(q)
             if state.done or len(proposal.tokens) == max_tokens:
                 break
-            if proposal.choices == self.depth and state.forced() is None:
-                break  # the budget is spent and the next token is a choice: no need for its logits
-            feature, logits = self._step(token, feature, step)
-            steps, step = steps + 1, step + 1
+            if proposal.choices == self.depth:
+                continue  # the budget is spent: only forced tokens follow, and the draft is not needed for them
+            feature, logits = self._step(token, feature, steps, logits=state.forced() is None)
+            steps += 1
         crop(self.cache, committed)  # drop every position drafted on the draft's own features
         proposal.draft_steps = steps
         proposal.draft_seconds = time.perf_counter() - t0
