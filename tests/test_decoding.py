@@ -57,9 +57,12 @@ def test_recommend_output_excludes_the_prompt(rec, dataset):
     ids = torch.tensor([r.prompt_ids])
     full = rec.generate(ids, torch.ones_like(ids))[0].tolist()
     assert full == r.prompt_ids + r.output_ids
-    # one target forward per new token without an assistant (PEFT wrapper included)
-    assert r.target_forwards == len(r.output_ids)
+    # the engine (default): one target forward per position where the catalog leaves a choice
+    assert r.target_forwards == r.extra["choices"] == len(r.output_ids) - r.extra["forced_tokens"]
     assert json.loads(json.dumps(r.to_json()))["target_forwards"] == r.target_forwards
+    # stock generate: one target forward per new token (PEFT wrapper included), the same list
+    stock = rec.recommend(user, engine=None, do_sample=False)
+    assert stock.output_ids == r.output_ids and stock.target_forwards == len(r.output_ids)
 
 
 def test_recommend_history_is_cut_to_history_len(tiny_target, dataset):

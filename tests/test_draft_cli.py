@@ -41,10 +41,12 @@ def _lines(run) -> list[dict]:
     return [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
 
 
+@pytest.mark.parametrize("engine", ["generate", "engine"])
 def test_recommend_with_draft_is_identical_with_fewer_target_forwards(
-    trained_draft, tiny_target, synthetic_dir
+    trained_draft, tiny_target, synthetic_dir, engine
 ):
     common = ["recommend", "--target", tiny_target, "--data", synthetic_dir, "--users", "30", "--json"]
+    common += ["--engine", engine]
     plain = _lines(padrec(*common))
     assisted = _lines(padrec(*common, "--draft", trained_draft))
     assert len(plain) == len(assisted) == 30
@@ -52,9 +54,14 @@ def test_recommend_with_draft_is_identical_with_fewer_target_forwards(
         assert p["user"] == a["user"]
         assert a["output_ids"] == p["output_ids"]
         assert a["accepted_per_round"] and all(n >= 0 for n in a["accepted_per_round"])
-        # each target forward yields one token of its own plus the draft tokens it accepted (a round in which
-        # nothing was drafted, e.g. one token left, is not a draft round)
-        assert sum(a["accepted_per_round"]) + a["target_forwards"] == len(a["output_ids"])
+        if engine == "generate":
+            # each target forward yields one token of its own plus the draft tokens it accepted (a round in which
+            # nothing was drafted, e.g. one token left, is not a draft round)
+            assert sum(a["accepted_per_round"]) + a["target_forwards"] == len(a["output_ids"])
+        else:
+            # every token is forced or a choice; the first forward (prefill) drafts nothing
+            assert a["forced_tokens"] + a["choices"] == len(a["output_ids"]) and a["choices"] == p["choices"]
+            assert len(a["accepted_per_round"]) == a["target_forwards"] - 1
         assert len(a["accepted_per_round"]) <= a["target_forwards"]
     assert sum(a["target_forwards"] for a in assisted) < sum(p["target_forwards"] for p in plain)
 

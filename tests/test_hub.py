@@ -106,11 +106,11 @@ def test_draft_card_parses_validates_and_every_figure_comes_from_the_report(expo
     assert "assistant_model=draft" in text and ".attach(target)" in text
     evaluation = text.split("## Evaluation", 1)[1].split("## Limitations", 1)[0]
     report = json.loads(report_path.read_text())
-    steps = len(report["methods"]["pad-rec"]["alpha_by_step"])
+    steps = len(report["methods"]["generate:pad-rec"]["alpha_by_step"])
     allowed = _report_numbers(report) | {float(k) for k in range(steps)}  # the k=0.. column labels
     figures = _numbers(evaluation)
     assert figures - allowed == set()
-    m = report["methods"]["pad-rec"]
+    m = report["methods"]["generate:pad-rec"]  # the card shows the stock path its snippet uses
     for key in ("speedup", "tau", "identical", "speedup_p10", "speedup_p90"):
         assert float(m[key]) in figures, key
     assert all(float(a) in figures for a in m["alpha_by_step"])
