@@ -508,6 +508,12 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
             for m in methods
         },
     }
+    for name, m in report["methods"].items():  # an engine draft against the same draft through generate
+        stock = runs.get(f"generate:{name}")
+        if m["kind"] == "engine" and stock is not None:
+            ratios = [s.latency_ms / e.latency_ms for s, e in zip(stock, runs[name], strict=True)]
+            m["speedup_vs_generate"] = _pct(ratios, 50)
+            m["speedup_vs_generate_p10"], m["speedup_vs_generate_p90"] = _pct(ratios, 10), _pct(ratios, 90)
     if out is not None:
         write_report(report, runs, Path(out))
     return report

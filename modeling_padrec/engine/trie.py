@@ -52,14 +52,18 @@ class CatalogTrie:
         self.sep_id, self.eos_id, self.list_len = int(sep_id), int(eos_id), int(list_len)
         self.levels = codes.shape[1]
         self._build(codes)
+        # compact tables: int32 ids (a catalog has far fewer than 2^31 nodes), int8 depths
+        for name in ("token", "parent", "first_child", "num_children", "leaves", "leaf_item"):
+            setattr(self, name, getattr(self, name).to(torch.int32))
+        self.depth = self.depth.to(torch.int8)
         self.num_items = int(self.leaves[ROOT])
         self.items_per_list = min(self.list_len, self.num_items)  # a small catalog ends the list early
         # host mirrors of the tables the walk reads (compact, Python-int indexing)
-        self._tok = array("q", self.token.tolist())
-        self._first = array("q", self.first_child.tolist())
-        self._count = array("q", self.num_children.tolist())
-        self._leaves = array("q", self.leaves.tolist())
-        self._parent = array("q", self.parent.tolist())
+        self._tok = array("i", self.token.tolist())
+        self._first = array("i", self.first_child.tolist())
+        self._count = array("i", self.num_children.tolist())
+        self._leaves = array("i", self.leaves.tolist())
+        self._parent = array("i", self.parent.tolist())
         self._device_tables: dict[str, torch.Tensor] = {}
 
     def _build(self, codes: torch.Tensor) -> None:
@@ -139,10 +143,10 @@ class CatalogTrie:
         return self.token[start : start + self._count[node]]
 
     def device_token_table(self, device) -> torch.Tensor:
-        """The ``token`` table on ``device`` (cached), for building masks where the logits live."""
+        """The ``token`` table as int64 on ``device`` (cached), for indexing logits where they live."""
         key = str(device)
         if key not in self._device_tables:
-            self._device_tables[key] = self.token.to(device)
+            self._device_tables[key] = self.token.to(device=device, dtype=torch.long)
         return self._device_tables[key]
 
     def start(self) -> ListState:
@@ -226,7 +230,7 @@ class ListState:
         if not (self.ended or self.at_leaf) and not self.exhausted.get(self.node):
             first = trie._first[self.node]
             return trie.device_token_table(device or "cpu")[first : first + trie._count[self.node]]
-        return torch.tensor(self.allowed(), device=device)
+        return torch.tensor(self.allowed(), dtype=torch.long, device=device)
 
     def mask(self, scores: torch.Tensor) -> torch.Tensor:
         """``scores`` (..., vocab) with every invalid next token set to -inf (a new tensor)."""
