@@ -48,7 +48,10 @@ reference-table: install
 # apart. An existing draft folder is kept (delete it to retrain).
 DRAFT_STEPS ?= 1000
 DRAFT_USERS ?= 4000
-DRAFT_DEPTH ?= 5
+# Unrolled draft steps in training. An engine round drafts ENGINE_DEPTH choices, stepping the draft over the
+# forced tokens between them too (about two tokens per choice on the shipped catalogs), so the draft is trained
+# as deep as the rounds it runs.
+DRAFT_DEPTH ?= 12
 EVAL_USERS  ?= 300
 CACHE        = --cache-dir $(REF)/distill-cache
 DRAFT_FLAGS_padrec =
@@ -69,12 +72,25 @@ $(REF)/assistant/model.safetensors:
 	$(BIN)/padrec train-assistant --target $(REF)/target --data $(SHARED)/$(DATA) --out $(REF)/assistant \
 		--layers 1 --depth $(DRAFT_DEPTH) --max-steps $(DRAFT_STEPS) --max-users $(DRAFT_USERS) --seed 0 $(CACHE)
 
-# Every method on the same test users, interleaved: ar, prompt lookup, small LM, the four drafts.
-BENCH_DEPTH ?= 15
+# Every method on the same test users, interleaved: ar (stock generate), ar-jf (the engine, no draft), and the
+# PAD-Rec and no-position drafts through stock generate (generate:NAME, BENCH_DEPTH tokens per round) and through
+# the engine (NAME, ENGINE_DEPTH choices per round). MERGE=--merge-lora runs every method on the merged model.
+BENCH_DEPTH  ?= 15
+ENGINE_DEPTH ?= 6
+METHODS      ?= ar-jf,generate:pad-rec,pad-rec,generate:no-position,no-position
+BENCH_OUT    ?= $(REF)/bench$(if $(MERGE),-merged)
 .PHONY: reference-bench
-reference-bench: install reference-drafts $(REF)/assistant/model.safetensors
+reference-bench: install $(REF)/draft-padrec/model.safetensors $(REF)/draft-none/model.safetensors
 	$(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) --depth $(BENCH_DEPTH) \
-		--assistant $(REF)/assistant $(foreach d,$(ABLATION),--draft $(REF)/draft-$(d)) --out $(REF)/bench
+		--engine-depth $(ENGINE_DEPTH) --draft $(REF)/draft-padrec --draft $(REF)/draft-none --only $(METHODS) \
+		$(MERGE) --out $(BENCH_OUT)
+
+# The four drafts and the small-LM assistant through stock generate and the engine (the whole ablation).
+.PHONY: reference-ablation-bench
+reference-ablation-bench: install reference-drafts $(REF)/assistant/model.safetensors
+	$(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) --depth $(BENCH_DEPTH) \
+		--engine-depth $(ENGINE_DEPTH) --assistant $(REF)/assistant $(foreach d,$(ABLATION),--draft $(REF)/draft-$(d)) \
+		--out $(REF)/bench-ablation
 
 # The whole reference run for one dataset: target (once), four drafts, assistant, bench. Then
 # `make reference-results` copies the reports into results/ and rewrites the README's benchmark table.
@@ -101,12 +117,20 @@ reference-draft-evidence: install $(REF)/draft-padrec/model.safetensors $(REF)/d
 	$(BIN)/python scripts/draft_evidence.py $(REF)
 
 # Draft length sweep on one dataset (PAD-Rec and no-position drafts, same users): one bench per depth, then a
-# table of speedup and tau by depth. Picks the depth the reference bench uses (BENCH_DEPTH).
-DEPTHS      ?= 5 8 10 12 15
-SWEEP_USERS ?= 60
-.PHONY: depth-sweep
+# table of speedup and tau by depth. Stock generate drafts DEPTHS tokens per round; the engine ENGINE_DEPTHS
+# choices. Picks BENCH_DEPTH and ENGINE_DEPTH.
+DEPTHS        ?= 5 8 10 12 15
+ENGINE_DEPTHS ?= 2 3 4 6 8 10
+SWEEP_USERS   ?= 60
+.PHONY: depth-sweep engine-depth-sweep
 depth-sweep: install $(REF)/draft-padrec/model.safetensors $(REF)/draft-none/model.safetensors
 	for k in $(DEPTHS); do $(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) \
 		--users $(SWEEP_USERS) --depth $$k --draft $(REF)/draft-padrec --draft $(REF)/draft-none \
-		--out $(REF)/sweep/depth-$$k > /dev/null || exit 1; done
+		--only generate:pad-rec,generate:no-position --out $(REF)/sweep/depth-$$k > /dev/null || exit 1; done
 	$(BIN)/python scripts/depth_sweep.py $(REF)/sweep
+
+engine-depth-sweep: install $(REF)/draft-padrec/model.safetensors $(REF)/draft-none/model.safetensors
+	for k in $(ENGINE_DEPTHS); do $(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) \
+		--users $(SWEEP_USERS) --engine-depth $$k --draft $(REF)/draft-padrec --draft $(REF)/draft-none \
+		--only pad-rec,no-position --out $(REF)/engine-sweep/depth-$$k > /dev/null || exit 1; done
+	$(BIN)/python scripts/depth_sweep.py $(REF)/engine-sweep

@@ -107,13 +107,15 @@ def build_methods(
     lookup_ngram: int = 2,
     depth: int | None = None,
     only: list[str] | None = None,
+    engine_depth: int | None = None,
 ) -> list[Method]:
     """AR, prompt lookup, the small-LM assistant (if given), every draft folder (``DIR`` or ``NAME=DIR``) through
     stock ``generate``, then the engine: ``ar-jf`` and every draft.
 
-    ``depth``: tokens drafted per round by every stock model-based method, and choices drafted per round by
-    every engine draft (default: each one's own trained depth); prompt lookup proposes ``lookup_tokens``
-    (default: ``depth``, else 5). ``only``: keep these methods (``ar`` is always kept: it is the reference).
+    ``depth``: tokens drafted per round by every stock model-based method (default: each one's own trained
+    depth); prompt lookup proposes ``lookup_tokens`` (default: ``depth``, else 5). ``engine_depth``: choices
+    drafted per round by every engine draft (default: ``depth``, else the draft's trained depth). ``only``: keep
+    these methods (``ar`` is always kept: it is the reference).
     """
     from .assistant import load_assistant
     from .draft import load_draft
@@ -162,7 +164,7 @@ def build_methods(
     methods.append(Method("ar-jf", "engine", info={"depth": 0}, engine=rec.engine()))
     for method in [m for m in methods if m.kind == "draft"]:
         draft = method.draft
-        engine = rec.engine(draft, depth or draft.config.max_draft_steps)
+        engine = rec.engine(draft, engine_depth or depth or draft.config.max_draft_steps)
         info = {**method.info, "depth": engine.depth}
         name = method.name.removeprefix("generate:")
         methods.append(Method(name, "engine", draft=draft, source=method.source, info=info, engine=engine))
@@ -436,6 +438,7 @@ class BenchConfig:
     seed: int = 0
     merge_lora: bool = False
     only: list[str] | None = None
+    engine_depth: int | None = None
 
 
 def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = True) -> dict:
@@ -457,7 +460,14 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     if not users:
         raise PadrecError(f"{cfg.data}: no users with a non-empty {cfg.split} target list")
     methods = build_methods(
-        rec, cfg.drafts, cfg.assistant, cfg.lookup_tokens, cfg.lookup_ngram, cfg.depth, cfg.only
+        rec,
+        cfg.drafts,
+        cfg.assistant,
+        cfg.lookup_tokens,
+        cfg.lookup_ngram,
+        cfg.depth,
+        cfg.only,
+        cfg.engine_depth,
     )
     recorder = RoundRecorder(target.model)
     warm = users[: cfg.warmup]

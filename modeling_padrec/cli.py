@@ -317,6 +317,7 @@ def cmd_bench(args) -> int:
         lookup_tokens=args.lookup_tokens,
         device=_device(args.device),
         merge_lora=args.merge_lora,
+        engine_depth=args.engine_depth,
         only=[n for part in args.only for n in part.split(",") if n] if args.only else None,
     )
     report = run_bench(cfg, out=args.out, progress=not args.json and sys.stderr.isatty())
@@ -513,7 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--depth",
         type=_positive,
-        help="tokens drafted per round by every method (default: each one's trained depth)",
+        help="tokens drafted per round by every stock-path method (default: each one's trained depth)",
+    )
+    b.add_argument(
+        "--engine-depth",
+        type=_positive,
+        help="choices drafted per round by every engine draft (default: --depth, else the draft's trained depth)",
     )
     b.add_argument(
         "--lookup-tokens", type=_positive, help="prompt-lookup tokens per round (default: --depth, else 5)"

@@ -9,7 +9,7 @@ import torch
 
 from modeling_padrec.data import code_token, load_dataset
 from modeling_padrec.decoding import ForwardCounter, Recommender
-from modeling_padrec.errors import TargetError
+from modeling_padrec.errors import PadrecError, TargetError
 from modeling_padrec.target import build_preset_base, load_target
 from modeling_padrec.tokenization import build_tokenizer
 
@@ -115,3 +115,24 @@ def test_target_rejects_another_catalog(tiny_target, dataset, tmp_path, shared_d
     (folder / "o.inter.json").write_text(json.dumps({"u": [0, 1, 2, 3]}))
     with pytest.raises(TargetError):
         Recommender(target, load_dataset(folder))
+
+
+def test_engine_and_generate_paths_write_the_same_lists(tiny_target, dataset):
+    target = load_target(tiny_target)
+    engine, stock = Recommender(target, dataset), Recommender(target, dataset, engine="generate")
+    users = dataset.eval_users("test")[:12]
+    assert engine.recommend_batch(users) == stock.recommend_batch(users, batch_size=5)
+    for user in users[:4]:
+        a, b = engine.recommend(user), stock.recommend(user)
+        assert a.output_ids == b.output_ids and a.target_forwards < b.target_forwards
+    with pytest.raises(PadrecError, match="--engine"):
+        Recommender(target, dataset, engine="vllm")
+
+
+def test_merged_lora_target_decodes_the_same_lists(tiny_target, dataset):
+    merged = load_target(tiny_target, merge_lora=True)
+    assert not hasattr(merged.model, "peft_config")  # plain transformers layers, no LoRA wrappers
+    assert not any("lora" in name for name, _ in merged.model.named_parameters())
+    users = dataset.eval_users("test")[:12]
+    plain = Recommender(load_target(tiny_target), dataset).recommend_batch(users)
+    assert Recommender(merged, dataset).recommend_batch(users) == plain
