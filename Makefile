@@ -77,12 +77,13 @@ $(REF)/assistant/model.safetensors:
 # the engine (NAME, ENGINE_DEPTH choices per round). MERGE=--merge-lora runs every method on the merged model.
 BENCH_DEPTH  ?= 15
 ENGINE_DEPTH ?= 6
+BENCH_DRAFTS ?= padrec none
 METHODS      ?= ar-jf,generate:pad-rec,pad-rec,generate:no-position,no-position
 BENCH_OUT    ?= $(REF)/bench$(if $(MERGE),-merged)
 .PHONY: reference-bench
-reference-bench: install $(REF)/draft-padrec/model.safetensors $(REF)/draft-none/model.safetensors
+reference-bench: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.safetensors)
 	$(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) --depth $(BENCH_DEPTH) \
-		--engine-depth $(ENGINE_DEPTH) --draft $(REF)/draft-padrec --draft $(REF)/draft-none --only $(METHODS) \
+		--engine-depth $(ENGINE_DEPTH) $(foreach d,$(BENCH_DRAFTS),--draft $(REF)/draft-$(d)) --only $(METHODS) \
 		$(MERGE) --out $(BENCH_OUT)
 
 # The four drafts and the small-LM assistant through stock generate and the engine (the whole ablation).
