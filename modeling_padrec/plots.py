@@ -46,10 +46,11 @@ def plot_report(report: dict, runs: dict, out: Path) -> list[Path]:
         alphas = methods[n]["alpha_by_step"]
         if alphas:
             ax.plot(range(len(alphas)), alphas, marker="o", label=n)
-    ax.set_xlabel("draft step k")
+    ax.set_xlabel("draft step k (engine: k-th drafted choice)")
     ax.set_ylabel("α_k (accepted | steps < k accepted)")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8, loc="lower left")
+    if ax.get_lines():  # a report without a drafting method has nothing to label
+        ax.legend(fontsize=8, loc="lower left")
     ax.set_title(_title(report, "Acceptance by draft step"), fontsize=9)
     written.append(_save(fig, out / "alpha_by_step.png"))
 
