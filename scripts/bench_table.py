@@ -4,9 +4,11 @@ benchmark table from the copied ``report.json`` files, so no figure in the READM
     python scripts/bench_table.py README.md runs/ref results
 
 For every ``runs/ref/<dataset>/bench/report.json``: ``report.json``, ``report.md`` and the PNG plots go to
-``results/<dataset>/`` (staged, then moved into place); the block between ``<!-- bench-table:start -->`` and
-``<!-- bench-table:end -->`` in README.md gets one table per dataset and the issue's goals checked against the
-figures (PAD-Rec vs the no-position draft of the same recipe).
+``results/<dataset>/`` (staged, then moved into place), with the same bench on the merged-LoRA model
+(``bench-merged``, ``make reference-bench MERGE=--merge-lora``) in ``merged-lora/`` and the depth sweeps
+(``make depth-sweep``, ``make engine-depth-sweep``) beside them; the block between ``<!-- bench-table:start -->``
+and ``<!-- bench-table:end -->`` in README.md gets one table per dataset and the engine issue's goals checked
+against the figures. Reports from before the engine (the stock-path ablation) stay in ``results/stock-ablation``.
 """
 
 from __future__ import annotations
@@ -26,12 +28,17 @@ def publish(runs: Path, results: Path) -> list[Path]:
     published = []
     for report in sorted(runs.glob("*/bench/report.json")):
         dest = results / report.parent.parent.name
-        sweep = report.parent.parent / "sweep" / "sweep.md"
+        run = report.parent.parent
         with staged_dir(dest) as tmp:
             for name in FILES:
                 shutil.copyfile(report.parent / name, tmp / name)
-            if sweep.is_file():  # make depth-sweep
-                shutil.copyfile(sweep, tmp / "depth-sweep.md")
+            for sweep, name in (("sweep", "depth-sweep.md"), ("engine-sweep", "engine-depth-sweep.md")):
+                if (run / sweep / "sweep.md").is_file():  # make depth-sweep / engine-depth-sweep
+                    shutil.copyfile(run / sweep / "sweep.md", tmp / name)
+            if (run / "bench-merged" / "report.json").is_file():  # make reference-bench MERGE=--merge-lora
+                (tmp / "merged-lora").mkdir()
+                for name in FILES:
+                    shutil.copyfile(run / "bench-merged" / name, tmp / "merged-lora" / name)
             card = report.parent.parent / "export" / "draft" / "README.md"
             if card.is_file():  # make reference-export: the draft's model card as rendered
                 shutil.copyfile(card, tmp / "model-card.md")
@@ -88,6 +95,23 @@ def profile(methods: dict) -> str:
     return "\n".join(rows)
 
 
+def merged_table(plain: dict, merged: dict, link) -> str:
+    """Latency with the LoRA adapter applied on the fly and merged into the base (two runs, each interleaved)."""
+    rows = [
+        f"With the LoRA weights merged into the base ([report]({link}); a second run, every method on the merged "
+        "model; ratios are within each run):",
+        "",
+        "| method | latency ms median, adapter | speedup, adapter | latency ms median, merged | speedup, merged |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in plain["methods"].items():
+        if name in merged["methods"]:
+            g = merged["methods"][name]
+            rows.append(f"| {name} | {m['latency_ms_median']:.0f} | {m['speedup']:.2f}× | {g['latency_ms_median']:.0f} "
+                        f"| {g['speedup']:.2f}× |")  # fmt: skip
+    return "\n".join(rows)
+
+
 def render(results: Path, readme_dir: Path) -> str:
     blocks = []
     for folder in sorted(p for p in results.iterdir() if (p / "report.json").is_file()):
@@ -125,9 +149,20 @@ def render(results: Path, readme_dir: Path) -> str:
         lines += ["", f"Choices per list {first['choices_per_list']:.1f}; forced tokens {100 * first['forced_share']:.1f}% "
                   f"of a list. Names without `generate:` (other than `ar`) run on padrec's engine.{merged}"]  # fmt: skip
         lines += ["", f"Goals: {goals(report['methods'], folder.name)}.", "", profile(report["methods"])]
-        if (folder / "depth-sweep.md").is_file():
-            lines += ["", f"Draft length sweep (`make depth-sweep DATA={folder.name}`):", "",
-                      (folder / "depth-sweep.md").read_text().strip()]  # fmt: skip
+        if (folder / "merged-lora" / "report.json").is_file():
+            lines += ["", merged_table(report, json.loads((folder / "merged-lora" / "report.json").read_text()),
+                                       f"{rel}/merged-lora/report.md")]  # fmt: skip
+        for name, what, command in (
+            ("engine-depth-sweep.md", "Engine depth sweep, choices drafted per round", "engine-depth-sweep"),
+            ("depth-sweep.md", "Stock-path draft length sweep, tokens per round", "depth-sweep"),
+        ):
+            if (folder / name).is_file():
+                lines += [
+                    "",
+                    f"{what} (`make {command} DATA={folder.name}`):",
+                    "",
+                    (folder / name).read_text().strip(),
+                ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) if blocks else "(no benchmark reports yet: run `make reference-run`)"
 
