@@ -37,7 +37,7 @@ $(REF)/target/padrec_target.json:
 	$(BIN)/padrec train-target --data $(SHARED)/$(DATA) --out $(REF)/target --base qwen2-small --seed 0
 	$(BIN)/padrec evaluate --target $(REF)/target --data $(SHARED)/$(DATA) --users 500 --json \
 		--out $(REF)/eval-500.json
-	$(BIN)/padrec evaluate --target $(REF)/target --data $(SHARED)/$(DATA) --json --batch-size 64 \
+	$(BIN)/padrec evaluate --target $(REF)/target --data $(SHARED)/$(DATA) --json --engine generate --batch-size 64 \
 		--out $(REF)/eval-all.json
 
 # Rewrite the README's reference table from runs/ref/*/eval-*.json.
