@@ -479,7 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "--no-warmup", dest="warmup", action="store_false", help="skip the untimed first request"
             )
         if name == "evaluate":
-            r.add_argument("--batch-size", type=_positive, default=32)
+            r.add_argument(
+                "--batch-size",
+                type=_positive,
+                default=32,
+                help="users per stock generate batch (--engine generate); the engine decodes one user at a time",
+            )
             r.add_argument("--out", help="also write the report to this JSON file")
         r.set_defaults(func=func)
 
