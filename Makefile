@@ -117,21 +117,31 @@ reference-draft-evidence: install $(REF)/draft-padrec/model.safetensors $(REF)/d
 		--users $(EVAL_USERS) --json --draft $(REF)/draft-$$d --stats $(REF)/stats-$$d.json > $(REF)/rec-$$d.jsonl; done
 	$(BIN)/python scripts/draft_evidence.py $(REF)
 
-# Draft length sweep on one dataset (PAD-Rec and no-position drafts, same users): one bench per depth, then a
+# Draft length sweep on one dataset (the BENCH_DRAFTS drafts, same users): one bench per depth, then a
 # table of speedup and tau by depth. Stock generate drafts DEPTHS tokens per round; the engine ENGINE_DEPTHS
 # choices. Picks BENCH_DEPTH and ENGINE_DEPTH.
 DEPTHS        ?= 5 8 10 12 15
 ENGINE_DEPTHS ?= 2 3 4 6 8 10
 SWEEP_USERS   ?= 60
+comma := ,
+empty :=
+space := $(empty) $(empty)
+NAME_padrec = pad-rec
+NAME_item   = item-only
+NAME_step   = step-only
+NAME_none   = no-position
+SWEEP_DRAFTS = $(foreach d,$(BENCH_DRAFTS),--draft $(REF)/draft-$(d))
 .PHONY: depth-sweep engine-depth-sweep
-depth-sweep: install $(REF)/draft-padrec/model.safetensors $(REF)/draft-none/model.safetensors
+depth-sweep: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.safetensors)
 	for k in $(DEPTHS); do $(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) \
-		--users $(SWEEP_USERS) --depth $$k --draft $(REF)/draft-padrec --draft $(REF)/draft-none \
-		--only generate:pad-rec,generate:no-position --out $(REF)/sweep/depth-$$k > /dev/null || exit 1; done
+		--users $(SWEEP_USERS) --depth $$k $(SWEEP_DRAFTS) \
+		--only $(subst $(space),$(comma),$(foreach d,$(BENCH_DRAFTS),generate:$(NAME_$(d)))) \
+		--out $(REF)/sweep/depth-$$k > /dev/null || exit 1; done
 	$(BIN)/python scripts/depth_sweep.py $(REF)/sweep
 
-engine-depth-sweep: install $(REF)/draft-padrec/model.safetensors $(REF)/draft-none/model.safetensors
+engine-depth-sweep: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.safetensors)
 	for k in $(ENGINE_DEPTHS); do $(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) \
-		--users $(SWEEP_USERS) --engine-depth $$k --draft $(REF)/draft-padrec --draft $(REF)/draft-none \
-		--only pad-rec,no-position --out $(REF)/engine-sweep/depth-$$k > /dev/null || exit 1; done
+		--users $(SWEEP_USERS) --engine-depth $$k $(SWEEP_DRAFTS) \
+		--only $(subst $(space),$(comma),$(foreach d,$(BENCH_DRAFTS),$(NAME_$(d)))) \
+		--out $(REF)/engine-sweep/depth-$$k > /dev/null || exit 1; done
 	$(BIN)/python scripts/depth_sweep.py $(REF)/engine-sweep
