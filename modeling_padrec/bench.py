@@ -23,6 +23,7 @@ bookkeeping, logits processors, cache handling) — the per-round profile the re
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -87,8 +88,9 @@ class Method:
 
 
 def _where(path) -> str:
-    """A local folder as an absolute path (reports are read from elsewhere later); a repo id as given."""
-    return str(Path(path).resolve()) if Path(path).exists() else str(path)
+    """A local folder relative to where the command ran (a published report names no machine-local absolute
+    path; ``padrec export`` resolves it from the same folder); a repo id as given."""
+    return os.path.relpath(Path(path).resolve()) if Path(path).exists() else str(path)
 
 
 def draft_method_name(config) -> str:

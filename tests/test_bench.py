@@ -4,6 +4,7 @@ acceptance bookkeeping. No timing is asserted anywhere: speed is what the benchm
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +101,9 @@ def test_report_has_every_method_and_key_and_is_lossless(bench_out):
         assert methods[name]["target_forwards_mean"] >= methods[name]["perfect_draft_forwards_mean"] > 0
     hw = report["hardware"]
     assert {"cpu", "torch_threads", "torch", "transformers", "device"} <= set(hw)
+    cfg = report["config"]  # paths relative to where the bench ran, never machine-local absolute ones
+    for path in [cfg["target"], cfg["data"], *cfg["drafts"]]:
+        assert not path.startswith("/") and (Path.cwd() / path).exists(), path
 
 
 def test_report_files_plots_and_markdown(bench_out):
