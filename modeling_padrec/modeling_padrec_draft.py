@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import transformers.initialization as init
 from torch import nn
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
@@ -398,6 +399,98 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         """Logits over the recommendation vocabulary from predicted features (what ``forward`` returns)."""
         return self.lm_head(self.norm(features))
 
+    # ------------------------------------------------------------------ one-token decode step
+
+    @torch.no_grad()
+    def decode_step(
+        self,
+        input_ids: torch.LongTensor,
+        target_features: torch.Tensor,
+        step: int,
+        cache: DynamicCache,
+        compute_logits: bool = True,
+    ) -> PadRecDraftOutput:
+        """``forward`` for one new position of one sequence after ``cache`` (inference only), in far fewer ops.
+
+        The same weights and the same function, rearranged for a single token: the fused input's token half, the
+        item-slot signal and the step embedding are per-token constants read from tables; q/k/v and gate/up run
+        as one matmul each; rotary angles come from a table. The tables are rebuilt whenever a weight changes. Results equal ``forward``'s up to float rounding.
+        """
+        position = cache.get_seq_length()
+        if position >= self.config.max_position_embeddings or input_ids.numel() != 1:
+            return self(input_ids, target_features, step_ids=step, cache=cache, compute_logits=compute_logits)
+        t = self._decode_tables(input_ids.device)
+        cfg = self.config
+        heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        row = t["rows"][input_ids.reshape(-1)]
+        feature = target_features.reshape(1, 1, -1).to(self.fc.weight.dtype)
+        hidden = F.linear(feature, t["fc_feature"]) + t["token"][row]
+        if self.signals.use_step_position:
+            gate = torch.sigmoid(self.signals.step_gate(hidden))
+            hidden = torch.addcmul(hidden, gate, t["step"][min(step, self.signals.max_step)])
+        attn, mlp = self.layer.self_attn, self.layer.mlp
+        x = _rms_norm(hidden, self.layer.input_layernorm.weight, cfg.rms_norm_eps)
+        qkv = F.linear(x, t["qkv_weight"], t["qkv_bias"])
+        qk = qkv[..., : (heads + kv_heads) * head_dim].view(1, heads + kv_heads, head_dim)
+        first, second = qk.chunk(2, dim=-1)
+        qk = qk * t["cos"][position] + torch.cat((-second, first), dim=-1) * t["sin"][position]
+        q = qk[:, :heads].unsqueeze(2)  # (1, heads, 1, head_dim)
+        k = qk[:, heads:].unsqueeze(2)
+        v = qkv[..., (heads + kv_heads) * head_dim :].view(1, kv_heads, 1, head_dim)
+        keys, values = cache.update(k, v, 0)
+        out = F.scaled_dot_product_attention(
+            q, keys, values, scale=attn.scaling, enable_gqa=heads != kv_heads
+        )
+        hidden = hidden + attn.o_proj(out.reshape(1, 1, heads * head_dim))
+        x = F.rms_norm(
+            hidden, (cfg.hidden_size,), self.layer.post_attention_layernorm.weight, cfg.rms_norm_eps
+        )
+        gate_proj, up_proj = F.linear(x, t["gate_up"]).chunk(2, dim=-1)
+        hidden = hidden + mlp.down_proj(mlp.act_fn(gate_proj) * up_proj)
+        logits = self.head_logits(hidden) if compute_logits else None
+        return PadRecDraftOutput(features=hidden, logits=logits, cache=cache)
+
+    def _decode_tables(self, device) -> dict:
+        params = (self.fc.weight, self.embed_tokens.weight, self.layer.self_attn.q_proj.weight,
+                  self.layer.self_attn.k_proj.weight, self.layer.self_attn.v_proj.weight,
+                  self.layer.self_attn.q_proj.bias, self.layer.self_attn.k_proj.bias, self.layer.self_attn.v_proj.bias,
+                  self.layer.mlp.gate_proj.weight, self.layer.mlp.up_proj.weight)  # fmt: skip
+        signals = self.signals
+        if signals.use_item_position:
+            params += (signals.slot_embed.weight, signals.slot_scale)
+        if signals.use_step_position:
+            params += (signals.step_embed.weight,)
+        key = (str(device), tuple(p._version for p in params), tuple(p.data_ptr() for p in params))
+        cached = getattr(self, "_decode_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad(), torch.inference_mode(False):
+            hidden = self.config.hidden_size
+            ids, rows, slots = self._lookups(device)
+            token = F.linear(self.embed_tokens.weight, self.fc.weight[:, hidden:])  # (rows, hidden)
+            if signals.use_item_position:
+                row_slots = torch.full(
+                    (token.shape[0],), self.config.other_slot, dtype=torch.long, device=device
+                )
+                row_slots[: len(ids)] = slots[ids]
+                token = token + signals.slot_scale * signals.slot_embed(row_slots)
+            attn, mlp = self.layer.self_attn, self.layer.mlp
+            positions = torch.arange(self.config.max_position_embeddings, device=device)[None]
+            cos, sin = self.rotary_emb(token[None, :1], positions)
+            tables = {
+                "rows": rows,
+                "token": token,
+                "fc_feature": self.fc.weight[:, :hidden].contiguous(),
+                "qkv_weight": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                "qkv_bias": torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
+                "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                "cos": cos[0, :, None, :],  # (position, 1, head_dim): broadcast over heads
+                "sin": sin[0, :, None, :],
+                "step": signals.step_embed.weight if signals.use_step_position else None,
+            }
+        self._decode_cache = (key, tables)
+        return tables
+
     # ------------------------------------------------------------------ target hookup
 
     def attach(self, target: nn.Module, token_map=None) -> "PadRecDraftModel":
@@ -558,6 +651,11 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
                 break
             accepted += 1
         self.stats.record(pending["slots"], accepted, pending["seconds"], blind=pending["blind"])
+
+
+def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen2's RMSNorm on a float32 activation (``torch.nn.functional.rms_norm`` is slower here on the CPU)."""
+    return hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
 def _attention_mask(

@@ -120,6 +120,33 @@ def test_cached_steps_equal_one_full_pass(world):
     assert torch.allclose(torch.cat(parts, dim=1), full.features, atol=1e-5)
 
 
+@pytest.mark.parametrize("item,step", [(True, True), (True, False), (False, True), (False, False)])
+def test_decode_step_is_forward_for_one_token(lora_world, item, step):
+    """The one-token fast path (fused tables) computes what forward computes, with and without the head, and
+    rebuilds its tables when a weight changes."""
+    from transformers import DynamicCache
+
+    draft = new_draft(lora_world.target, lora_world.token_map, depth=3, use_item_position=item,
+                      use_step_position=step, seed=3)  # fmt: skip
+    with torch.no_grad():
+        for p in draft.parameters():  # move every weight off its init (zero gates, unit norms, ...)
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    ids, feats = _inputs(draft, length=9, seed=4)
+    slow, fast = DynamicCache(), DynamicCache()
+    with torch.no_grad():
+        draft(ids[:, :4], feats[:, :4], cache=slow)
+        draft(ids[:, :4], feats[:, :4], cache=fast)
+        for t in range(4, 9):
+            if t == 7:  # a changed weight must reach the fast path
+                draft.fc.weight.mul_(1.5)
+            a = draft(ids[:, t : t + 1], feats[:, t : t + 1], step_ids=t - 3, cache=slow)
+            b = draft.decode_step(ids[:, t : t + 1], feats[:, t : t + 1], t - 3, fast)
+            torch.testing.assert_close(b.features, a.features, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(b.logits, a.logits, atol=1e-4, rtol=1e-4)
+        assert draft.decode_step(ids[:, :1], feats[:, :1], 0, fast, compute_logits=False).logits is None
+    assert slow.get_seq_length() == fast.get_seq_length() - 1 == 9
+
+
 def test_eager_and_sdpa_attention_agree(world):
     """The draft builds explicit additive masks, which both attention implementations read the same way."""
     from modeling_padrec.draft_training import unroll

@@ -127,6 +127,13 @@ def test_no_hooks_and_the_draft_reads_the_engines_features():
         return original(input_ids, target_features, **kwargs)
 
     draft.forward = spy
+    fused = draft.decode_step
+
+    def spy_step(input_ids, target_features, step, cache, **kwargs):
+        seen.append((input_ids.shape[1], target_features.detach().clone(), step))
+        return fused(input_ids, target_features, step, cache, **kwargs)
+
+    draft.decode_step = spy_step
     hooks = [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.modules()]
     prompt = world.prompt([0, 1])
     _, got, _ = decode_both(world, world.items, prompt, draft)

@@ -10,8 +10,8 @@ forward the engine hands it the features of the positions it kept. The draft's c
 inputs carry true target features; positions drafted on its own predictions are cropped at the end of a round.
 
 The draft is used through its forward (``draft(input_ids, target_features, step_ids=, cache=, compute_logits=)``
-returning ``.features`` and ``.logits`` over ``config.rec_token_ids``) and ``draft.head_logits(features)``, so
-any PAD-Rec ablation fits. This file imports only
+returning ``.features`` and ``.logits`` over ``config.rec_token_ids``), ``draft.head_logits(features)`` and, where
+the draft has it, its one-token fast path ``draft.decode_step``; any PAD-Rec ablation fits. This file imports only
 torch and transformers and its sibling files: it ships as Hub remote code.
 """
 
@@ -78,6 +78,7 @@ class DraftProposer:
         rows = torch.full((draft.config.vocab_size,), -1, dtype=torch.long)
         rows[ids] = torch.arange(len(ids))
         self.rows = rows.to(self.device)  # target id → column of the draft's head (-1: not in it)
+        self.fused = callable(getattr(draft, "decode_step", None))
         self.reset()
 
     def reset(self) -> None:
@@ -95,10 +96,11 @@ class DraftProposer:
             self.pending.append(features)
 
     def _step(self, token: int, feature: torch.Tensor, step: int, logits: bool):
-        out = self.draft(
-            torch.tensor([[token]], device=self.device), feature, step_ids=step, cache=self.cache,
-            compute_logits=logits,
-        )  # fmt: skip
+        ids = torch.tensor([[token]], device=self.device)
+        if self.fused:  # the draft's one-token fast path: the same function in fewer ops
+            out = self.draft.decode_step(ids, feature, step, self.cache, compute_logits=logits)
+        else:
+            out = self.draft(ids, feature, step_ids=step, cache=self.cache, compute_logits=logits)
         return out.features[:, -1:], (out.logits[0, -1] if logits else None)
 
     @torch.no_grad()
