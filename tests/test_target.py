@@ -214,12 +214,14 @@ def test_hub_base_trains_and_loads(hub_target, dataset, tmp_path):
 def test_hub_target_output_ends_with_eos(hub_target, dataset):
     """The Hub base's pad token is its EOS (add_rec_tokens sets it): the closing EOS must survive."""
     target = load_target(hub_target[1])
-    rec = Recommender(target, dataset)
+    rec, stock = Recommender(target, dataset), Recommender(target, dataset, engine="generate")
     assert rec.token_map.pad_id == rec.token_map.eos_id
-    r = rec.recommend(dataset.eval_users("test")[0])
-    assert r.output_ids[-1] == rec.token_map.eos_id
-    assert len(r.output_ids) == r.target_forwards == rec.max_new_tokens
-    assert rec.recommend_batch(dataset.eval_users("test")[:4], batch_size=4)[r.user] == r.items
+    r, s = rec.recommend(dataset.eval_users("test")[0]), stock.recommend(dataset.eval_users("test")[0])
+    assert r.output_ids == s.output_ids and r.output_ids[-1] == rec.token_map.eos_id
+    assert len(r.output_ids) == s.target_forwards == rec.max_new_tokens  # stock: one forward per token
+    assert r.target_forwards == r.extra["choices"]  # the engine: one per choice
+    users = dataset.eval_users("test")[:4]
+    assert stock.recommend_batch(users, batch_size=4)[r.user] == r.items == rec.recommend_batch(users)[r.user]
 
 
 def test_hub_base_with_tied_embeddings(tmp_path, synthetic_dir):
