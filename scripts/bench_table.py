@@ -83,7 +83,7 @@ def profile(methods: dict) -> str:
     """Where each method's time goes, per request and per speculation round (from the report's profile)."""
     rows = [
         "Where the time goes, ms per request (per round): drafting · target forwards (verification) · the rest "
-        "of `generate`.",
+        "of the decoding loop (stock `generate`'s, or the engine's for methods without `generate:`).",
         "",
         "| method | rounds / request | draft | verify | other | total |",
         "|---|---|---|---|---|---|",
