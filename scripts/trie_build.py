@@ -3,8 +3,10 @@
     python scripts/trie_build.py ../shared/data results/trie-build.json [--items 1000000]
 
 Writes one JSON object (and prints it): per catalog, items, levels, nodes, build seconds (median of 3), the
-tables' bytes, the process's peak-RSS growth during the first build, and the median cost of one walk step
-(``allowed`` + ``advance``) over whole random lists, in microseconds. One torch thread.
+tensor tables' bytes, the resident memory the process holds more with the trie built (tensors plus the walk's
+Python-list mirrors; Linux ``/proc``, else null), the growth of the process's peak RSS (cumulative: a catalog that
+fits under an earlier peak shows 0), and the median cost of one walk step (``allowed`` + ``advance``) over whole
+random lists, in microseconds. One torch thread.
 """
 
 from __future__ import annotations
@@ -51,14 +53,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mb() -> float | None:
+    """Resident memory now (Linux), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def measure(name: str, codes: torch.Tensor, list_len: int = 10, lists: int = 200) -> dict:
-    before = peak_rss_mb()
+    before, resident = peak_rss_mb(), rss_mb()
     times = []
+    trie = None
     for _ in range(3):
+        trie = None  # the previous build is freed before the next one
         t0 = time.perf_counter()
         trie = CatalogTrie(codes, SEP, EOS, list_len)
         times.append(time.perf_counter() - t0)
     grown = peak_rss_mb() - before
+    held = rss_mb()
     gen = torch.Generator().manual_seed(0)
     step_us = []
     for _ in range(lists):
@@ -77,6 +93,7 @@ def measure(name: str, codes: torch.Tensor, list_len: int = 10, lists: int = 200
         "nodes": trie.num_nodes,
         "build_s_median": round(statistics.median(times), 3),
         "table_mb": round(trie.nbytes() / 2**20, 2),
+        "rss_held_mb": None if held is None or resident is None else round(held - resident, 1),
         "peak_rss_growth_mb": round(grown, 1),
         "walk_step_us_median": round(statistics.median(step_us), 2),
     }
