@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .acceptance import Chooser, GenerationSettings
-from .proposers import DraftProposer, NoProposer
+from .proposers import DraftProposer, NoProposer, Proposal
 from .scoring import TargetScorer
 from .trie import CatalogTrie
 
@@ -141,7 +141,7 @@ class Engine:
             proposal = (
                 proposer.propose(seq, committed, state, chooser, int(min(limit - written(), 1 << 30)))
                 if committed
-                else NoProposer().propose(seq, committed, state, chooser, 0)
+                else Proposal()  # the prefill has no target features for a draft to read yet
             )
             out.draft_steps += proposal.draft_steps
             out.draft_seconds += proposal.draft_seconds

@@ -140,11 +140,6 @@ class CatalogTrie:
                 hi = mid
         return lo if lo < self._first[node] + self._count[node] and tok[lo] == token else -1
 
-    def children_tokens(self, node: int) -> torch.Tensor:
-        """Tokens of ``node``'s children (a view of the ``token`` table)."""
-        start = self._first[node]
-        return self.token[start : start + self._count[node]]
-
     def device_token_table(self, device) -> torch.Tensor:
         """The ``token`` table as int64 on ``device`` (cached), for indexing logits where they live."""
         key = str(device)
@@ -173,7 +168,7 @@ class ListState:
     ``node``'s children whose every item is already in the list.
     """
 
-    __slots__ = ("trie", "node", "items", "done", "invalid", "used", "exhausted", "path")
+    __slots__ = ("trie", "node", "items", "done", "invalid", "used", "exhausted")
 
     def __init__(self, trie: CatalogTrie):
         self.trie = trie
@@ -183,7 +178,6 @@ class ListState:
         self.invalid = False  # a token the list could not take (only on a rejected proposal); EOS only
         self.used: dict[int, int] = {}  # node → items of the list below it
         self.exhausted: dict[int, set[int]] = {}
-        self.path: list[int] = []  # leaves of the listed items, in order
 
     def copy(self) -> ListState:
         other = ListState.__new__(ListState)
@@ -191,7 +185,6 @@ class ListState:
         other.done, other.invalid = self.done, self.invalid
         other.used = dict(self.used)
         other.exhausted = {k: set(v) for k, v in self.exhausted.items()}
-        other.path = list(self.path)
         return other
 
     @property
@@ -272,7 +265,6 @@ class ListState:
     def _list_item(self, leaf: int) -> None:
         trie = self.trie
         self.items += 1
-        self.path.append(leaf)
         node = leaf
         while node != ROOT:
             count = self.used.get(node, 0) + 1
