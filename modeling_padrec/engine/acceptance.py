@@ -76,24 +76,51 @@ class Chooser:
         probs = self.probs(logits)
         return int(allowed[self._draw(probs)]), probs
 
+    def draw(self, probs: torch.Tensor, k: int) -> torch.Tensor:
+        """``k`` distinct indices drawn without replacement from ``probs`` (fewer if fewer have mass), in draw
+        order: the candidates of a sampled draft tree's choice point."""
+        k = min(k, int((probs > 0).sum()))
+        return torch.multinomial(probs, k, generator=self.generator)
+
     def accept(
         self, drafted: int, q: torch.Tensor | None, logits: torch.Tensor, allowed: torch.Tensor
     ) -> tuple[bool, int]:
         """Verify one drafted choice against the target's ``logits`` over ``allowed``: (kept, the token written
         there — the drafted one if kept, else the target's correction)."""
+        index, token = self.accept_among([drafted], q, logits, allowed)
+        return index is not None, token
+
+    def accept_among(
+        self, drafted: list[int], q: torch.Tensor | None, logits: torch.Tensor, allowed: torch.Tensor
+    ) -> tuple[int | None, int]:
+        """Verify the drafted candidates of one choice point (siblings of a tree, in draw order) against the
+        target's ``logits`` over ``allowed``: (index of the kept candidate or None, the token written there).
+
+        Greedy: the target's choice, kept if it is a candidate. Sampling (``q``: the draft's distribution the
+        candidates were drawn from without replacement): recursive rejection sampling — candidate i is kept with
+        probability ``min(1, p_i(x) / q_i(x))``; on rejection ``p_{i+1} = norm(max(p_i - q_i, 0))`` and ``q_{i+1}``
+        is ``q_i`` without x, renormalised; if every candidate is rejected the token is drawn from the last
+        residual. The written token is distributed exactly as plain sampling from ``p`` (one candidate: standard
+        speculative sampling)."""
         if self.greedy:
             token = int(allowed[int(logits.argmax())])
-            return token == drafted, token
-        p = self.probs(logits)
-        index = int((allowed == drafted).nonzero()[0])
-        if q is None or q.shape != p.shape:
+            return (drafted.index(token) if token in drafted else None), token
+        if not drafted:
+            return None, self.choose(logits, allowed)[0]
+        if q is None or q.shape != logits.shape:
             raise ValueError(
                 "speculative sampling needs the draft's distribution over the same allowed tokens"
             )
-        ratio = float(p[index]) / max(float(q[index]), 1e-30)
-        if ratio >= 1.0 or float(torch.rand((), generator=self.generator)) < ratio:
-            return True, drafted
-        residual = (p - q).clamp(min=0)
-        total = float(residual.sum())
-        residual = residual / total if total > 0 else p
-        return False, int(allowed[self._draw(residual)])
+        p, q = self.probs(logits), q.float().clone()
+        for i, token in enumerate(drafted):
+            index = int((allowed == token).nonzero()[0])
+            ratio = float(p[index]) / max(float(q[index]), 1e-30)
+            if ratio >= 1.0 or float(torch.rand((), generator=self.generator)) < ratio:
+                return i, token
+            residual = (p - q).clamp(min=0)
+            total = float(residual.sum())
+            p = residual / total if total > 0 else p  # total is 0 only when p == q up to rounding
+            if i + 1 < len(drafted):
+                q[index] = 0.0
+                q = q / q.sum()
+        return None, int(allowed[self._draw(p)])

@@ -27,6 +27,7 @@ import torch
 from .acceptance import Chooser, GenerationSettings
 from .proposers import DraftProposer, NoProposer, Proposal
 from .scoring import TargetScorer
+from .tree import TreeProposer, ancestor_mask, token_depths
 from .trie import CatalogTrie
 
 __all__ = ["Engine", "EngineOutput", "GenerationSettings", "Round"]
@@ -69,6 +70,8 @@ class Engine:
         trie: the catalog (:class:`CatalogTrie`), built for the target's token ids and list length.
         draft: optional PAD-Rec draft; ``depth`` choices are proposed per round (default: its trained depth).
         settings: greedy (default) or sampling, and ``max_new_tokens``.
+        width: draft a tree instead of a chain (:class:`~.tree.TreeProposer`): ``width`` children per expanded
+            choice point, up to ``depth`` choices on a path and ``budget`` choice nodes per tree.
 
     ``engine.generate(prompt_ids)`` decodes one request (a list of token ids ending with the prompt-end token).
     """
@@ -80,10 +83,19 @@ class Engine:
         draft: torch.nn.Module | None = None,
         depth: int | None = None,
         settings: GenerationSettings | None = None,
+        width: int | None = None,
+        budget: int | None = None,
     ):
         self.scorer = TargetScorer(model)
         self.trie = trie
-        self.proposer = DraftProposer(draft, depth) if draft is not None else NoProposer()
+        if draft is None:
+            if width is not None or budget is not None:
+                raise ValueError("a draft tree needs a draft")
+            self.proposer = NoProposer()
+        elif width is None and budget is None:
+            self.proposer = DraftProposer(draft, depth)
+        else:
+            self.proposer = TreeProposer(draft, depth, 1 if width is None else width, budget)
         self.settings = settings or GenerationSettings()
         if draft is not None:
             theirs, ours = self.scorer.config.get_text_config(), draft.config
@@ -99,10 +111,45 @@ class Engine:
     def depth(self) -> int:
         return self.proposer.depth
 
+    @property
+    def width(self) -> int | None:
+        """Children per expanded choice point of a draft tree (None: a chain, or no draft)."""
+        return getattr(self.proposer, "width", None)
+
+    @property
+    def budget(self) -> int | None:
+        return getattr(self.proposer, "budget", None)
+
     def _clock(self) -> float:
         if self.sync:
             torch.cuda.synchronize()
         return time.perf_counter()
+
+    def _verify(self, cache, seq: list[int], committed: int, proposal: Proposal):
+        """One target forward over every position not yet in the cache plus the proposal (a tree under its
+        attention mask, each node at its own depth). Returns the hidden states, the logits of every position
+        where a choice may follow (parents of drafted choices and the proposal's leaves), and the logits row of
+        each such proposal node (-1: the last sequence position)."""
+        scorer, device = self.scorer, self.scorer.device
+        waiting, parents = len(seq) - committed, proposal.parents
+        ids = torch.tensor([seq[committed:] + proposal.tokens], device=device)
+        if proposal.is_chain:
+            positions = torch.arange(committed, committed + ids.shape[1], device=device)[None]
+            mask = None
+        else:
+            depth = torch.tensor(token_depths(parents))
+            positions = torch.cat([torch.arange(committed, len(seq)), len(seq) + depth])[None].to(device)
+            n = ids.shape[1]
+            mask = torch.ones(n, committed + n, dtype=torch.bool).tril(committed)
+            mask[waiting:, committed + waiting :] = ancestor_mask(parents)
+            mask = mask[None, None].to(device)
+        hidden = scorer.score(cache, ids, positions, mask)
+        has_child = set(parents)
+        nodes = sorted({p for p, c in zip(parents, proposal.choice, strict=True) if c}
+                       | {i for i in range(len(parents)) if i not in has_child} | {-1})  # fmt: skip
+        rows = {node: r for r, node in enumerate(nodes)}
+        logits = scorer.logits(hidden[0, [waiting + node for node in nodes]])
+        return hidden, logits, rows
 
     @torch.no_grad()
     def generate(
@@ -145,43 +192,52 @@ class Engine:
             )
             out.draft_steps += proposal.draft_steps
             out.draft_seconds += proposal.draft_seconds
-            new = seq[committed:] + proposal.tokens
             waiting = len(seq) - committed
             t0 = self._clock()
-            positions = torch.arange(committed, committed + len(new), device=device)[None]
-            hidden = scorer.score(cache, torch.tensor([new], device=device), positions)
-            # logits only where the list has a choice: each drafted choice, and the position after the proposal
-            rows = [waiting - 1 + i for i, c in enumerate(proposal.choice) if c] + [len(new) - 1]
-            logits = scorer.logits(hidden[0, rows])
+            hidden, logits, rows = self._verify(cache, seq, committed, proposal)
             out.forward_seconds += self._clock() - t0
             out.target_forwards += 1
 
-            accepted, correction, row = 0, None, 0
-            for token, is_choice, q in zip(proposal.tokens, proposal.choice, proposal.q, strict=True):
-                if is_choice:
+            # walk the proposal from its root: forced tokens are kept as they are, at a choice the target's
+            # token (greedy) or the speculative-sampling outcome decides which child (if any) is kept
+            children: dict[int, list[int]] = {}
+            for i, p in enumerate(proposal.parents):
+                children.setdefault(p, []).append(i)
+            node, path, correction, rejected = -1, [], None, False
+            while not state.done and written() + len(path) < limit:
+                kids = children.get(node, ())
+                if state.forced() is not None:
+                    if not kids:
+                        break  # the next round's forced run takes it
+                    node = kids[0]
+                else:
                     allowed = state.allowed_tensor(device)
-                    kept, target_token = chooser.accept(token, q, logits[row][allowed], allowed)
-                    row += 1
                     out.choices += 1
-                    if not kept:
-                        correction = target_token
+                    drafted = [proposal.tokens[k] for k in kids]
+                    q = proposal.q[kids[0]] if kids else None
+                    index, token = chooser.accept_among(drafted, q, logits[rows[node]][allowed], allowed)
+                    if index is None:
+                        correction, rejected = token, bool(kids)
                         break
-                state.advance(token)
-                accepted += 1
-            else:
-                if not state.done and written() + accepted < limit and state.forced() is None:
-                    allowed = state.allowed_tensor(device)
-                    correction = chooser.choose(logits[-1][allowed], allowed)[0]
-                    out.choices += 1
+                    node = kids[index]
+                state.advance(proposal.tokens[node])
+                path.append(node)
             if proposal.tokens:
-                offsets = [i for i, c in enumerate(proposal.choice) if c]
-                out.rounds.append(Round(written(), len(proposal.tokens), accepted, offsets))
-            kept_positions = waiting + accepted
-            scorer.keep(cache, committed, kept_positions)
-            proposer.feed(hidden[:, :kept_positions])
-            seq += proposal.tokens[:accepted]
-            out.forced_tokens += sum(1 for c in proposal.choice[:accepted] if not c)
-            committed += kept_positions
+                offsets = [i for i, n in enumerate(path) if proposal.choice[n]] + (
+                    [len(path)] if rejected else []
+                )
+                out.rounds.append(Round(written(), len(proposal.tokens), len(path), offsets))
+            if proposal.is_chain:  # the kept positions are a prefix: a crop
+                kept = waiting + len(path)
+                scorer.keep(cache, committed, kept)
+                proposer.feed(hidden[:, :kept])
+            else:  # a root-to-node path of a tree: gather its positions
+                index = torch.tensor(list(range(waiting)) + [waiting + n for n in path], device=device)
+                scorer.keep(cache, committed, index)
+                proposer.feed(hidden[:, index])
+            seq += [proposal.tokens[n] for n in path]
+            out.forced_tokens += sum(1 for n in path if not proposal.choice[n])
+            committed += waiting + len(path)
             if correction is not None:
                 state.advance(correction)
                 seq.append(correction)

@@ -30,18 +30,31 @@ from .trie import ListState
 
 @dataclass
 class Proposal:
-    """Tokens proposed after the sequence; ``choice[i]``: token i was a choice (else forced); ``q[i]``: the
-    draft's distribution over the allowed tokens at a sampled choice (None when greedy or forced)."""
+    """Tokens proposed after the sequence, as a chain or a tree.
+
+    ``choice[i]``: token i was a choice (else forced); ``q[i]``: the draft's distribution over the allowed
+    tokens at the choice point token i was drawn from (None when greedy or forced; siblings share it, and were
+    drawn in index order). ``parent[i]``: the index of the token that token i follows, -1 for the end of the
+    sequence; None for a chain (token i follows token i - 1). Parents come before their children."""
 
     tokens: list[int] = field(default_factory=list)
     choice: list[bool] = field(default_factory=list)
     q: list[torch.Tensor | None] = field(default_factory=list)
+    parent: list[int] | None = None
     draft_steps: int = 0
     draft_seconds: float = 0.0
 
     @property
     def choices(self) -> int:
         return sum(self.choice)
+
+    @property
+    def parents(self) -> list[int]:
+        return list(range(-1, len(self.tokens) - 1)) if self.parent is None else self.parent
+
+    @property
+    def is_chain(self) -> bool:
+        return self.parent is None or all(p == i - 1 for i, p in enumerate(self.parent))
 
 
 class NoProposer:
@@ -103,18 +116,11 @@ class DraftProposer:
             out = self.draft(ids, feature, step_ids=step, cache=self.cache, compute_logits=logits)
         return out.features[:, -1:], (out.logits[0, -1] if logits else None)
 
-    @torch.no_grad()
-    def propose(
-        self, sequence: list[int], committed: int, state: ListState, chooser: Chooser, max_tokens: int
-    ) -> Proposal:
-        """Draft after ``sequence`` (whose first ``committed`` tokens the target has run; ``state`` is the list
-        state after all of it) until ``depth`` choices, the end of the list, or ``max_tokens`` tokens.
-
-        The draft steps over every token up to the last choice (its feature chain needs them) but computes
-        logits only where the next token is a choice; after the last choice the forced tokens that follow are
-        appended without asking the draft at all."""
-        t0 = time.perf_counter()
-        proposal = Proposal()
+    def _catch_up(self, sequence: list[int], committed: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Bring the draft up to the end of ``sequence``: one forward over the positions the target kept (their
+        true features, step 0), then one step per decided token the target has not run yet (the bonus token and
+        the forced run). Returns the feature predicting the next token, its logits (None when there were waiting
+        tokens: computed on demand), and the draft step the next position takes."""
         known = self.known
         features = torch.cat(self.pending, dim=1) if len(self.pending) > 1 else self.pending[0]
         self.pending = []
@@ -123,8 +129,7 @@ class DraftProposer:
                 f"draft out of step: it holds {known} positions + {features.shape[1]} new features, the target "
                 f"ran {committed} of {len(sequence)} tokens"
             )
-        state = state.copy()
-        # catch up on the kept positions in one forward (true features, step 0): entry t = (f_t, x_{t+1})
+        # entry t = (f_t, x_{t+1}); the last one predicts the feature of position ``committed``
         inputs = torch.tensor([sequence[known + 1 : committed + 1]], device=self.device)
         waiting = sequence[committed + 1 :]  # decided tokens the target has not run yet (bonus, forced run)
         out = self.draft(
@@ -136,6 +141,22 @@ class DraftProposer:
         for i, token in enumerate(waiting):
             feature, logits = self._step(token, feature, steps, logits=i == len(waiting) - 1)
             steps += 1
+        return feature, logits, steps
+
+    @torch.no_grad()
+    def propose(
+        self, sequence: list[int], committed: int, state: ListState, chooser: Chooser, max_tokens: int
+    ) -> Proposal:
+        """Draft after ``sequence`` (whose first ``committed`` tokens the target has run; ``state`` is the list
+        state after all of it) until ``depth`` choices, the end of the list, or ``max_tokens`` tokens.
+
+        A drafted choice brings the forced run after it (the catalog's, no draft needed); the draft steps over
+        those tokens (its feature chain needs them) only once another choice is to be drafted after them, and
+        computes logits only there."""
+        t0 = time.perf_counter()
+        proposal = Proposal()
+        feature, logits, steps = self._catch_up(sequence, committed)
+        state, unstepped = state.copy(), []
         while len(proposal.tokens) < max_tokens and not state.done:
             forced = state.forced()
             if forced is not None:
@@ -143,6 +164,10 @@ class DraftProposer:
             else:
                 if proposal.choices == self.depth:
                     break
+                for i, tok in enumerate(unstepped):
+                    feature, logits = self._step(tok, feature, steps, logits=i == len(unstepped) - 1)
+                    steps += 1
+                unstepped = []
                 if logits is None:
                     logits = self.draft.head_logits(feature)[0, -1]
                 allowed = state.allowed_tensor(self.device)
@@ -152,12 +177,7 @@ class DraftProposer:
             proposal.tokens.append(token)
             proposal.choice.append(is_choice)
             proposal.q.append(q)
-            if state.done or len(proposal.tokens) == max_tokens:
-                break
-            if proposal.choices == self.depth:
-                continue  # the budget is spent: only forced tokens follow, and the draft is not needed for them
-            feature, logits = self._step(token, feature, steps, logits=state.forced() is None)
-            steps += 1
+            unstepped.append(token)
         crop(self.cache, committed)  # drop every position drafted on the draft's own features
         proposal.draft_steps = steps
         proposal.draft_seconds = time.perf_counter() - t0

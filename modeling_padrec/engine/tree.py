@@ -1,0 +1,251 @@
+"""Draft trees over the catalog trie: many candidate continuations, verified in one target forward.
+
+A chain bets a whole round on one path. A tree spends its budget where the draft is unsure: at every choice
+point it keeps the ``width`` best children (EAGLE-2: ranked by the draft's cumulative probability along the
+path), restricted to what the catalog allows there; a forced run extends a child without spending a choice.
+Growth is level by level (a level = one more choice on a path): the ``width`` most promising open ends of the
+last level are expanded, up to ``depth`` levels. Greedy trees are then cut back to the ``budget`` most probable
+choice nodes (their forced runs come with them); sampled trees stop drawing once ``budget`` choices are drawn,
+and are never cut afterwards, so that every choice point's candidates stay draws without replacement from the
+draft's distribution there (which recursive rejection sampling needs to be exact).
+
+The draft steps every node it expands through, one forward per token depth for all branches at once, under a
+tree attention mask (a node sees the sequence and its own ancestors) with per-node positions; a single open
+branch takes the draft's one-token fast path. With ``width=1`` the tree is exactly the chain
+:class:`~.proposers.DraftProposer` drafts.
+
+This file imports only torch and its sibling files: it ships as Hub remote code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .acceptance import Chooser
+from .proposers import DraftProposer, Proposal
+from .scoring import crop
+from .trie import ListState
+
+
+def ancestor_mask(parents: list[int]) -> torch.Tensor:
+    """``(n, n)`` boolean: entry (i, j) is True when node j is node i or one of its ancestors (parents first)."""
+    n = len(parents)
+    mask = torch.eye(n, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        if p >= 0:
+            mask[i] |= mask[p]
+    return mask
+
+
+def token_depths(parents: list[int]) -> list[int]:
+    """Depth of every node below the root (0 for the root's children)."""
+    depths: list[int] = []
+    for p in parents:
+        depths.append(0 if p < 0 else depths[p] + 1)
+    return depths
+
+
+@dataclass
+class _Branch:
+    """A choice node and the forced run after it (node ids ``first .. last``), the list state after them, and
+    the draft's cumulative log-probability of the path."""
+
+    first: int
+    last: int
+    state: ListState
+    score: float
+    parent: _Branch | None
+    open: bool  # the next token is a choice that may still be drafted
+    index: int = 0  # creation order: ties in score keep parents before children
+
+
+class TreeProposer(DraftProposer):
+    """A PAD-Rec draft proposing a tree of continuations per round.
+
+    Args:
+        draft: a PAD-Rec draft model (any of the four ablations).
+        depth: most choices on one path (default: the draft's trained depth).
+        width: children kept per expanded choice point, and choice points expanded per level.
+        budget: most choice nodes per tree (default: no cut beyond ``depth`` levels of ``width``).
+    """
+
+    def __init__(
+        self, draft: torch.nn.Module, depth: int | None = None, width: int = 2, budget: int | None = None
+    ):
+        super().__init__(draft, depth)
+        if width < 1:
+            raise ValueError(f"tree width must be >= 1, got {width}")
+        if budget is not None and budget < 1:
+            raise ValueError(f"tree budget must be >= 1, got {budget}")
+        self.width, self.budget = int(width), budget
+
+    @torch.no_grad()
+    def propose(
+        self, sequence: list[int], committed: int, state: ListState, chooser: Chooser, max_tokens: int
+    ) -> Proposal:
+        t0 = time.perf_counter()
+        root_feature, root_logits, root_step = self._catch_up(sequence, committed)
+        self._base = self.known  # draft cache length at the root: tree nodes are appended after it
+        self._root_step = root_step
+        # nodes of the tree
+        self._tok: list[int] = []
+        self._par: list[int] = []
+        self._choice: list[bool] = []
+        self._q: list[torch.Tensor | None] = []
+        self._depth: list[int] = []
+        self._slot: list[int] = []  # draft cache index once stepped, else -1
+        self._feature: list[torch.Tensor | None] = []
+        self._steps = 0
+        root = _Branch(-1, -1, state.copy(), 0.0, None, True)
+        branches: list[_Branch] = []
+        frontier, drawn = [root], 0
+        sample_budget = self.budget if not chooser.greedy else None
+        for _level in range(self.depth):
+            if not frontier:
+                break
+            if frontier[0] is root:  # the first level: the catch-up gave the root's feature
+                logits = (
+                    root_logits if root_logits is not None else self.draft.head_logits(root_feature)[0, -1]
+                )[None]
+            else:
+                ends = self._expand_features(frontier, root_feature)
+                logits = self.draft.head_logits(torch.cat(ends, dim=1))[0]
+            new: list[_Branch] = []
+            for branch, row in zip(frontier, logits, strict=True):
+                allowed = branch.state.allowed_tensor(self.device)
+                scores = row[self.rows[allowed]].float()
+                k = min(self.width, len(allowed))
+                if sample_budget is not None:
+                    k = min(k, sample_budget - drawn)
+                if k <= 0:
+                    continue
+                if chooser.greedy:
+                    picks = torch.sort(scores, descending=True, stable=True).indices[:k]
+                    logq, q = torch.log_softmax(scores, dim=-1), None
+                else:
+                    q = chooser.probs(scores)
+                    picks, logq = chooser.draw(q, k), q.log()
+                drawn += len(picks)
+                for j in picks.tolist():
+                    child = self._add_branch(branch, int(allowed[j]), float(logq[j]), q, max_tokens)
+                    child.index = len(branches)
+                    branches.append(child)
+                    new.append(child)
+            frontier = sorted((b for b in new if b.open), key=lambda b: (-b.score, b.index))[: self.width]
+        crop(self.cache, committed)  # drop every position drafted on the draft's own features
+        keep = self._cut(branches) if chooser.greedy and self.budget is not None else branches
+        proposal = self._proposal(keep)
+        proposal.draft_steps = root_step + self._steps
+        proposal.draft_seconds = time.perf_counter() - t0
+        return proposal
+
+    # ------------------------------------------------------------------ growing
+
+    def _add_branch(
+        self, parent: _Branch, token: int, logq: float, q: torch.Tensor | None, max_tokens: int
+    ) -> _Branch:
+        """A choice node with ``token`` below ``parent``'s last node, then the forced run the catalog appends."""
+        state = parent.state.copy()
+        depth = self._depth[parent.last] + 1 if parent.last >= 0 else 0
+        first = self._node(token, parent.last, True, q, depth)
+        state.advance(token)
+        last = first
+        while not state.done and depth + 1 < max_tokens:
+            forced = state.forced()
+            if forced is None:
+                break
+            depth += 1
+            last = self._node(forced, last, False, None, depth)
+            state.advance(forced)
+        is_open = not state.done and depth + 1 < max_tokens and state.forced() is None
+        return _Branch(first, last, state, parent.score + logq, parent, is_open)
+
+    def _node(self, token: int, parent: int, choice: bool, q, depth: int) -> int:
+        self._tok.append(token)
+        self._par.append(parent)
+        self._choice.append(choice)
+        self._q.append(q)
+        self._depth.append(depth)
+        self._slot.append(-1)
+        self._feature.append(None)
+        return len(self._tok) - 1
+
+    def _expand_features(self, frontier: list[_Branch], root_feature: torch.Tensor) -> list[torch.Tensor]:
+        """Step the draft through every node of the frontier's branches (one forward per token depth for all
+        branches); returns the feature at each branch's last node (none for the root, whose logits exist)."""
+        runs = [list(range(b.first, b.last + 1)) for b in frontier if b.first >= 0]
+        if not runs:
+            return []
+        for offset in range(max(len(r) for r in runs)):
+            self._step_nodes([r[offset] for r in runs if len(r) > offset], root_feature)
+        return [self._feature[r[-1]] for r in runs]
+
+    def _step_nodes(self, nodes: list[int], root_feature: torch.Tensor) -> None:
+        """One draft forward over ``nodes`` (each reads its parent's predicted feature)."""
+        inputs = [root_feature if self._par[n] < 0 else self._feature[self._par[n]] for n in nodes]
+        stepped = [n for n, s in enumerate(self._slot) if s >= 0]
+        if len(nodes) == 1 and all(self._is_ancestor(s, nodes[0]) for s in stepped):
+            # a single path: the draft's one-token fast path sees exactly the node's ancestors
+            node = nodes[0]
+            self._slot[node] = self.known
+            step = self._root_step + self._depth[node]
+            self._feature[node], _ = self._step(self._tok[node], inputs[0], step, logits=False)
+            self._steps += 1
+            return
+        past = self.known
+        mask = torch.zeros(1, 1, len(nodes), past + len(nodes), dtype=torch.bool)
+        mask[..., : self._base] = True
+        for row, node in enumerate(nodes):
+            a = self._par[node]
+            while a >= 0:
+                mask[0, 0, row, self._slot[a]] = True
+                a = self._par[a]
+            mask[0, 0, row, past + row] = True
+        depth = torch.tensor([[self._depth[n] for n in nodes]], device=self.device)
+        out = self.draft(
+            torch.tensor([[self._tok[n] for n in nodes]], device=self.device),
+            torch.cat(inputs, dim=1),
+            step_ids=self._root_step + depth,
+            position_ids=self._base + depth,
+            attention_mask=mask.to(self.device),
+            cache=self.cache,
+            compute_logits=False,
+        )
+        for row, node in enumerate(nodes):
+            self._slot[node] = past + row
+            self._feature[node] = out.features[:, row : row + 1]
+        self._steps += 1
+
+    def _is_ancestor(self, a: int, node: int) -> bool:
+        while node >= 0:
+            node = self._par[node]
+            if node == a:
+                return True
+        return False
+
+    # ------------------------------------------------------------------ the proposal
+
+    def _cut(self, branches: list[_Branch]) -> list[_Branch]:
+        """The ``budget`` most probable branches (a branch's parent is at least as probable, and ranks first)."""
+        ranked = sorted(branches, key=lambda b: (-b.score, b.index))
+        kept: set[int] = set()
+        for b in ranked:
+            if len(kept) == self.budget:
+                break
+            if b.parent is None or b.parent.first < 0 or id(b.parent) in kept:
+                kept.add(id(b))
+        return [b for b in branches if id(b) in kept]
+
+    def _proposal(self, branches: list[_Branch]) -> Proposal:
+        """The kept branches' nodes, parents first (creation order), re-indexed."""
+        nodes = [n for b in sorted(branches, key=lambda b: b.first) for n in range(b.first, b.last + 1)]
+        index = {n: i for i, n in enumerate(nodes)}
+        return Proposal(
+            tokens=[self._tok[n] for n in nodes],
+            choice=[self._choice[n] for n in nodes],
+            q=[self._q[n] for n in nodes],
+            parent=[index[self._par[n]] if self._par[n] >= 0 else -1 for n in nodes],
+        )
