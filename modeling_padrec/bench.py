@@ -8,7 +8,10 @@ Methods, all under the same catalog constraint and greedy decoding:
 * ``generate:NAME``: one per PAD-Rec draft folder through stock ``generate(assistant_model=draft)``, named after
   its position signals (``pad-rec``, ``item-only``, ``step-only``, ``no-position``);
 * ``ar-jf``: padrec's engine with no draft (jump-forward over forced tokens, the target decides every choice);
-* ``NAME``: one per draft through padrec's engine (drafting only at the choices, one forward per round).
+* ``NAME``: one per draft through padrec's engine (drafting only at the choices, one forward per round);
+* ``tree:NAME``: with ``--tree``, one per draft drafting a tree per round (:mod:`modeling_padrec.engine.tree`),
+  its shape given (``--tree N``: N choice nodes) or chosen by a short calibration on validation users
+  (``--tree auto``, :mod:`modeling_padrec.calibration`).
 
 For every request (one test user) all methods run back to back in one process, in an order rotated from request
 to request, so machine drift hits them alike. The first ``warmup`` requests are run and thrown away. Every
@@ -110,6 +113,7 @@ def build_methods(
     depth: int | None = None,
     only: list[str] | None = None,
     engine_depth: int | None = None,
+    tree: TreeSpec | None = None,
 ) -> list[Method]:
     """AR, prompt lookup, the small-LM assistant (if given), every draft folder (``DIR`` or ``NAME=DIR``) through
     stock ``generate``, then the engine: ``ar-jf`` and every draft.
@@ -170,6 +174,12 @@ def build_methods(
         info = {**method.info, "depth": engine.depth}
         name = method.name.removeprefix("generate:")
         methods.append(Method(name, "engine", draft=draft, source=method.source, info=info, engine=engine))
+    if tree is not None:
+        for method in [m for m in methods if m.kind == "draft"]:
+            name = "tree:" + method.name.removeprefix("generate:")
+            if only and name not in only:
+                continue
+            methods.append(tree.method(rec, name, method))
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise PadrecError(f"--draft: two methods share a name ({names}); name them with NAME=DIR")
@@ -179,6 +189,49 @@ def build_methods(
             raise PadrecError(f"--only: no method named {', '.join(unknown)} (methods: {', '.join(names)})")
         methods = [m for m in methods if m.name == "ar" or m.name in only]
     return methods
+
+
+@dataclass
+class TreeSpec:
+    """Draft trees in the bench: ``budget`` choice nodes per tree, or ``"auto"`` (chosen per draft by a
+    calibration on ``calibration_users`` validation users), ``width`` children per choice point, at most
+    ``depth`` choices on a path."""
+
+    budget: int | str = "auto"
+    width: int = 3
+    depth: int = 10
+    calibration_users: int = 16
+    progress: bool = False
+
+    @classmethod
+    def parse(cls, value: str, **kwargs) -> TreeSpec:
+        if value != "auto" and not (value.isdigit() and int(value) > 0):
+            raise PadrecError(f"--tree must be auto or a positive number of choice nodes, got {value!r}")
+        return cls(budget=value if value == "auto" else int(value), **kwargs)
+
+    def method(self, rec: Recommender, name: str, stock: Method) -> Method:
+        from .calibration import calibrate_tree
+
+        info = {**stock.info, "width": self.width}
+        depth, budget = self.depth, self.budget
+        if budget == "auto":
+            split = "valid" if rec.dataset.eval_users("valid") else "test"
+            users = rec.dataset.eval_users(split)[
+                -self.calibration_users - 1 :
+            ]  # not the first (benchmarked)
+            bar = None
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(users), desc=f"calibrate {name}", file=sys.stderr)
+            cal = calibrate_tree(rec, stock.draft, users, split, self.width, self.depth, progress=bar)
+            if bar is not None:
+                bar.close()
+            depth, budget = cal.depth, cal.budget
+            info["calibration"] = {"split": split, **cal.to_json()}
+        info.update(depth=depth, budget=budget)
+        engine = rec.engine(stock.draft, depth, self.width, budget)
+        return Method(name, "engine", draft=stock.draft, source=stock.source, info=info, engine=engine)
 
 
 # --------------------------------------------------------------------------- measuring one request
@@ -441,6 +494,7 @@ class BenchConfig:
     merge_lora: bool = False
     only: list[str] | None = None
     engine_depth: int | None = None
+    tree: TreeSpec | None = None
 
 
 def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = True) -> dict:
@@ -470,6 +524,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
         cfg.depth,
         cfg.only,
         cfg.engine_depth,
+        cfg.tree,
     )
     recorder = RoundRecorder(target.model)
     warm = users[: cfg.warmup]
@@ -500,6 +555,9 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     report = {
         "config": {
             **cfg.__dict__,
+            "tree": None
+            if cfg.tree is None
+            else {k: v for k, v in cfg.tree.__dict__.items() if k != "progress"},
             "target": _where(cfg.target),
             "data": _where(cfg.data),
             "drafts": [m.source for m in methods if m.kind == "draft"],

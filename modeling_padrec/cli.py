@@ -174,12 +174,19 @@ def cmd_recommend(args) -> int:
     kwargs, draft, engine = {}, None, None
     if args.depth and not args.draft:
         raise PadrecError("--depth needs --draft")
+    if args.tree and not args.draft:
+        raise PadrecError("--tree needs --draft")
+    if args.tree and args.engine != "engine":
+        raise PadrecError(
+            "--tree drafts trees with padrec's engine; it cannot be used with --engine generate"
+        )
     if args.draft:
         from .draft import load_draft
 
         draft = load_draft(args.draft, rec.token_map, device=rec.device)
         if args.engine == "engine":
-            engine = rec.engine(draft, args.depth)
+            width = args.tree_width if args.tree else None
+            engine = rec.engine(draft, args.depth, width, args.tree)
         else:
             if args.depth:
                 draft.generation_config.num_assistant_tokens = args.depth
@@ -302,7 +309,7 @@ def recommend_stats(results, token_map, draft, draft_summaries: list[dict]) -> d
 
 
 def cmd_bench(args) -> int:
-    from .bench import BenchConfig, report_markdown, run_bench
+    from .bench import BenchConfig, TreeSpec, report_markdown, run_bench
 
     cfg = BenchConfig(
         target=args.target,
@@ -319,6 +326,14 @@ def cmd_bench(args) -> int:
         merge_lora=args.merge_lora,
         engine_depth=args.engine_depth,
         only=[n for part in args.only for n in part.split(",") if n] if args.only else None,
+        tree=None
+        if args.tree is None
+        else TreeSpec.parse(
+            args.tree,
+            width=args.tree_width,
+            depth=args.tree_depth,
+            progress=not args.json and sys.stderr.isatty(),
+        ),
     )
     report = run_bench(cfg, out=args.out, progress=not args.json and sys.stderr.isatty())
     if args.json:
@@ -473,6 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
                 help="with --draft: choices (engine) or tokens (generate) per round",
             )
             r.add_argument(
+                "--tree",
+                type=_positive,
+                help="with --draft: draft a tree of at most this many choice nodes per round (--depth: "
+                "most choices on a path)",
+            )
+            r.add_argument(
+                "--tree-width", type=_positive, default=3, help="with --tree: children per choice point"
+            )
+            r.add_argument(
                 "--stats", help="write run statistics (tau, alpha by step and slot, timings) to this JSON"
             )
             r.add_argument(
@@ -539,6 +563,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         action="append",
         help="run only these methods (comma-separated names, e.g. ar-jf,pad-rec; ar always runs)",
+    )
+    b.add_argument(
+        "--tree",
+        metavar="auto|N",
+        help="add a draft-tree method per draft (tree:NAME): N choice nodes per tree, or auto (chosen by a "
+        "short calibration on validation users)",
+    )
+    b.add_argument("--tree-width", type=_positive, default=3, help="with --tree: children per choice point")
+    b.add_argument(
+        "--tree-depth",
+        type=_positive,
+        default=10,
+        help="with --tree: most choices on a path (auto: the most tried)",
     )
     b.add_argument("--out", help="report folder (report.json, report.md, requests.jsonl, plots)")
     b.add_argument("--json", action="store_true", help="print report.json instead of the tables")

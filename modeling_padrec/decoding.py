@@ -128,13 +128,16 @@ class Recommender:
                 **kwargs,
             )
 
-    def engine(self, draft=None, depth: int | None = None) -> Engine:
+    def engine(
+        self, draft=None, depth: int | None = None, width: int | None = None, budget: int | None = None
+    ) -> Engine:
         """padrec's engine for this target and catalog (greedy), with ``draft`` proposing ``depth`` choices per
-        round (default: the draft's trained depth); built once per (draft, depth)."""
-        key = (id(draft), depth)
+        round (default: the draft's trained depth), as a chain or, with ``width``, a tree of at most ``budget``
+        choice nodes; built once per (draft, depth, width, budget)."""
+        key = (id(draft), depth, width, budget)
         if key not in self._engines:
             settings = GenerationSettings(max_new_tokens=self.max_new_tokens)
-            self._engines[key] = Engine(self.target.model, self.trie, draft, depth, settings)
+            self._engines[key] = Engine(self.target.model, self.trie, draft, depth, settings, width, budget)
         return self._engines[key]
 
     def recommend(self, user: str, split: str = "test", engine: Engine | None = None, **generate_kwargs):

@@ -262,3 +262,31 @@ def test_named_drafts_and_folders_with_equals_signs(tmp_path, tiny_target, synth
     rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir), engine="generate")
     names = [m.name for m in bench_module.build_methods(rec, [f"mine={drafts[1]}", str(odd)])]
     assert names == ["ar", "prompt_lookup", "generate:mine", "generate:pad-rec", "ar-jf", "mine", "pad-rec"]
+
+
+def test_draft_trees_in_the_bench_with_a_calibrated_shape(tmp_path, tiny_target, synthetic_dir, drafts):
+    out = tmp_path / "tree"
+    code = bench_cli(tiny_target, synthetic_dir, "--users", 4, "--warmup", 1, "--draft", drafts[0], "--engine-depth",
+                     2, "--tree", "auto", "--tree-width", 2, "--tree-depth", 3, "--only", "pad-rec,tree:pad-rec",
+                     "--out", out)  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == ["ar", "pad-rec", "tree:pad-rec"]
+    tree = report["methods"]["tree:pad-rec"]
+    assert tree["identical"] == 1.0 and tree["kind"] == "engine" and tree["width"] == 2
+    cal = tree["calibration"]
+    assert cal["split"] == "valid" and (tree["depth"], tree["budget"]) == (cal["depth"], cal["budget"])
+    chosen = [g for g in cal["grid"] if (g["depth"], g["budget"]) == (tree["depth"], tree["budget"])]
+    assert chosen[0]["choices_per_ms"] == max(g["choices_per_ms"] for g in cal["grid"])
+    assert {g["depth"] for g in cal["grid"]} <= {1, 2, 3} and cal["rounds"] > 0
+    assert all(v > 0 for v in cal["target_ms"].values()) and len(cal["draft_ms_by_level"]) <= 3
+    for level in cal["confidence"]:
+        assert 0 <= level["accepted"] <= 1 and 0 < level["confidence"] <= 1 and level["drafted"] > 0
+    assert report["config"]["tree"] == {"budget": "auto", "width": 2, "depth": 3, "calibration_users": 16}
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-3"])
+def test_bad_tree_budget_is_one_line(tmp_path, tiny_target, synthetic_dir, drafts, value, capsys):
+    code = bench_cli(tiny_target, synthetic_dir, "--users", 2, "--draft", drafts[0], f"--tree={value}")
+    err = capsys.readouterr().err
+    assert code == 2 and "--tree" in err and "Traceback" not in err

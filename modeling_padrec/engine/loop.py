@@ -60,6 +60,9 @@ class EngineOutput:
     draft_seconds: float = 0.0
     forward_seconds: float = 0.0
     seconds: float = 0.0
+    trace: list[dict] | None = (
+        None  # per round, with ``generate(..., trace=True)``: see :meth:`Engine.generate`
+    )
 
 
 class Engine:
@@ -157,8 +160,14 @@ class Engine:
         prompt_ids,
         generator: torch.Generator | None = None,
         settings: GenerationSettings | None = None,
+        trace: bool = False,
     ) -> EngineOutput:
-        """Decode one list after ``prompt_ids`` (ids or a ``(1, n)`` tensor); ``generator`` seeds sampling."""
+        """Decode one list after ``prompt_ids`` (ids or a ``(1, n)`` tensor); ``generator`` seeds sampling.
+
+        ``trace=True`` records every drafted round in ``output.trace``: ``waiting`` (positions verified before
+        the proposal), the proposal's ``parent``, ``choice``, and for trees ``score`` (the draft's cumulative
+        log-probability of each node's path), ``level`` and ``level_seconds``; the accepted ``path`` (node
+        indices), and ``draft_seconds`` / ``verify_seconds``."""
         settings = settings or self.settings
         chooser = Chooser(settings, generator)
         prompt = (
@@ -171,7 +180,7 @@ class Engine:
         limit = settings.max_new_tokens if settings.max_new_tokens is not None else float("inf")
         scorer, proposer, device = self.scorer, self.proposer, self.scorer.device
         t_start = self._clock()
-        out = EngineOutput([])
+        out = EngineOutput([], trace=[] if trace else None)
         seq, state = list(prompt), self.trie.start()
         cache, committed = scorer.new_cache(), 0
         proposer.reset()
@@ -195,7 +204,8 @@ class Engine:
             waiting = len(seq) - committed
             t0 = self._clock()
             hidden, logits, rows = self._verify(cache, seq, committed, proposal)
-            out.forward_seconds += self._clock() - t0
+            verify_seconds = self._clock() - t0
+            out.forward_seconds += verify_seconds
             out.target_forwards += 1
 
             # walk the proposal from its root: forced tokens are kept as they are, at a choice the target's
@@ -222,6 +232,12 @@ class Engine:
                     node = kids[index]
                 state.advance(proposal.tokens[node])
                 path.append(node)
+            if trace and proposal.tokens:
+                out.trace.append({
+                    "waiting": waiting, "parent": proposal.parents, "choice": proposal.choice,
+                    "score": proposal.score, "level": proposal.level, "level_seconds": proposal.level_seconds,
+                    "path": path, "draft_seconds": proposal.draft_seconds, "verify_seconds": verify_seconds,
+                })  # fmt: skip
             if proposal.tokens:
                 offsets = [i for i, n in enumerate(path) if proposal.choice[n]] + (
                     [len(path)] if rejected else []

@@ -43,6 +43,11 @@ class Proposal:
     parent: list[int] | None = None
     draft_steps: int = 0
     draft_seconds: float = 0.0
+    # trees only: the draft's cumulative log-probability of each node's path, each node's level (choices on its
+    # path), and the draft's time from the round's start to the end of each level
+    score: list[float] | None = None
+    level: list[int] | None = None
+    level_seconds: list[float] | None = None
 
     @property
     def choices(self) -> int:

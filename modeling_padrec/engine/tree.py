@@ -59,6 +59,7 @@ class _Branch:
     score: float
     parent: _Branch | None
     open: bool  # the next token is a choice that may still be drafted
+    level: int = 1  # choices on the path, this one included
     index: int = 0  # creation order: ties in score keep parents before children
 
 
@@ -101,7 +102,7 @@ class TreeProposer(DraftProposer):
         self._steps = 0
         root = _Branch(-1, -1, state.copy(), 0.0, None, True)
         branches: list[_Branch] = []
-        frontier, drawn = [root], 0
+        frontier, drawn, level_seconds = [root], 0, []
         sample_budget = self.budget if not chooser.greedy else None
         for _level in range(self.depth):
             if not frontier:
@@ -135,9 +136,11 @@ class TreeProposer(DraftProposer):
                     branches.append(child)
                     new.append(child)
             frontier = sorted((b for b in new if b.open), key=lambda b: (-b.score, b.index))[: self.width]
+            level_seconds.append(time.perf_counter() - t0)
         crop(self.cache, committed)  # drop every position drafted on the draft's own features
         keep = self._cut(branches) if chooser.greedy and self.budget is not None else branches
         proposal = self._proposal(keep)
+        proposal.level_seconds = level_seconds
         proposal.draft_steps = root_step + self._steps
         proposal.draft_seconds = time.perf_counter() - t0
         return proposal
@@ -161,7 +164,8 @@ class TreeProposer(DraftProposer):
             last = self._node(forced, last, False, None, depth)
             state.advance(forced)
         is_open = not state.done and depth + 1 < max_tokens and state.forced() is None
-        return _Branch(first, last, state, parent.score + logq, parent, is_open)
+        level = parent.level + 1 if parent.first >= 0 else 1
+        return _Branch(first, last, state, parent.score + logq, parent, is_open, level)
 
     def _node(self, token: int, parent: int, choice: bool, q, depth: int) -> int:
         self._tok.append(token)
@@ -241,11 +245,14 @@ class TreeProposer(DraftProposer):
 
     def _proposal(self, branches: list[_Branch]) -> Proposal:
         """The kept branches' nodes, parents first (creation order), re-indexed."""
-        nodes = [n for b in sorted(branches, key=lambda b: b.first) for n in range(b.first, b.last + 1)]
+        ordered = sorted(branches, key=lambda b: b.first)
+        nodes = [n for b in ordered for n in range(b.first, b.last + 1)]
         index = {n: i for i, n in enumerate(nodes)}
         return Proposal(
             tokens=[self._tok[n] for n in nodes],
             choice=[self._choice[n] for n in nodes],
             q=[self._q[n] for n in nodes],
             parent=[index[self._par[n]] if self._par[n] >= 0 else -1 for n in nodes],
+            score=[b.score for b in ordered for _ in range(b.first, b.last + 1)],
+            level=[b.level for b in ordered for _ in range(b.first, b.last + 1)],
         )

@@ -1,0 +1,231 @@
+"""Choosing a draft tree's shape for the hardware at hand, from a short calibration.
+
+A deeper, larger tree decides more choices per target forward, but drafts longer and verifies more positions.
+Which shape pays depends on the machine (how a forward's time grows with the positions it verifies) and on the
+draft (how its confidence falls with depth). :func:`calibrate_tree` measures all three on a few requests that are
+not the ones benchmarked (validation users):
+
+1. **the acceptance profile**: the engine decodes the calibration requests with a wide, deep tree (``width``
+   children per choice point, ``max_depth`` levels, no budget cut) and traces every round: each node's draft
+   confidence, level and whether the target kept it;
+2. **the draft's cost**: the time the draft took to grow each level of those trees;
+3. **the target's cost**: one forward over n new positions under a tree mask, timed after a real prompt for n up
+   to the largest tree seen (median of repeats).
+
+Every (depth, budget) pair is then replayed on the traced rounds: the tree cut to its first ``depth`` levels and
+its ``budget`` most confident choice nodes (what :class:`~modeling_padrec.engine.tree.TreeProposer` does), the
+accepted path cut where it leaves the cut tree. The pair with the most choices decided per millisecond is chosen.
+The replay counts the target's own token at the end of every round as one more choice (a correction or a bonus;
+rarely, a round ends before a forced token and gets none), so it slightly favours small trees alike everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .engine import Engine, GenerationSettings
+from .engine.tree import ancestor_mask
+
+BUDGETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+
+
+@dataclass
+class TreeCalibration:
+    """The chosen tree shape and what it was chosen from (``grid``: every replayed shape)."""
+
+    width: int
+    depth: int
+    budget: int
+    requests: int
+    rounds: int
+    target_ms: dict[int, float] = field(default_factory=dict)  # new positions → ms of one target forward
+    draft_ms_by_level: list[float] = field(default_factory=list)  # mean draft ms to grow levels 1..k
+    other_ms_per_round: float = 0.0
+    grid: list[dict] = field(default_factory=list)
+    confidence: list[dict] = field(default_factory=list)  # by level: the draft's confidence vs acceptance
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["target_ms"] = {str(k): v for k, v in self.target_ms.items()}
+        return out
+
+
+def _clock(device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+@torch.no_grad()
+def target_cost(engine: Engine, prompt: list[int], sizes: list[int], repeats: int = 5) -> dict[int, float]:
+    """Median ms of one target forward over ``n`` new positions (a tree mask, a chain of tokens) after
+    ``prompt``, for every ``n`` in ``sizes``."""
+    scorer = engine.scorer
+    device = scorer.device
+    cache = scorer.new_cache()
+    scorer.score(cache, torch.tensor([prompt], device=device))
+    past = len(prompt)
+    token = prompt[-1]
+    out = {}
+    for n in sizes:
+        parents = list(range(-1, n - 1))
+        mask = torch.ones(n, past + n, dtype=torch.bool)
+        mask[:, past:] = ancestor_mask(parents)
+        mask = mask[None, None].to(device)
+        ids = torch.full((1, n), token, device=device)
+        positions = torch.arange(past, past + n, device=device)[None]
+        times = []
+        for _ in range(repeats + 1):
+            t0 = _clock(device)
+            scorer.score(cache, ids, positions, mask)
+            times.append(1000 * (_clock(device) - t0))
+            scorer.keep(cache, past, 0)
+        out[n] = statistics.median(times[1:])  # the first is a warm-up
+    return out
+
+
+def _interpolate(table: dict[int, float], n: int) -> float:
+    keys = sorted(table)
+    if n <= keys[0]:
+        return table[keys[0]]
+    for lo, hi in zip(keys, keys[1:], strict=False):
+        if n <= hi:
+            return table[lo] + (table[hi] - table[lo]) * (n - lo) / (hi - lo)
+    lo, hi = keys[-2], keys[-1]  # beyond the grid: extend the last segment
+    return table[hi] + (table[hi] - table[lo]) * (n - hi) / (hi - lo)
+
+
+def _branch_heads(parent: list[int], choice: list[bool]) -> list[int]:
+    """For every node, the choice node that starts its branch (a forced node belongs to the branch above it)."""
+    heads = []
+    for i, p in enumerate(parent):
+        heads.append(i if choice[i] else heads[p])
+    return heads
+
+
+def replay(round_: dict, depth: int, budget: int) -> tuple[int, int]:
+    """(positions verified, choices accepted) of one traced round had its tree been cut to ``depth`` levels
+    and ``budget`` choice nodes."""
+    parent, choice, score, level = round_["parent"], round_["choice"], round_["score"], round_["level"]
+    heads = _branch_heads(parent, choice)
+    ranked = sorted(
+        (i for i in range(len(parent)) if choice[i] and level[i] <= depth), key=lambda i: (-score[i], i)
+    )
+    kept: set[int] = set()
+    for i in ranked:
+        if len(kept) == budget:
+            break
+        above = parent[i]
+        if above < 0 or heads[above] in kept:
+            kept.add(i)
+    positions = round_["waiting"] + sum(1 for i in range(len(parent)) if heads[i] in kept)
+    accepted = 0
+    for node in round_["path"]:
+        if heads[node] not in kept:
+            break
+        accepted += choice[node]
+    return positions, accepted
+
+
+def confidence_by_level(rounds: list[dict], bins: int = 5) -> list[dict]:
+    """How well the draft's own probability of a drafted choice predicts that the target takes it, by level.
+
+    A drafted choice counts once the target reached its choice point (its parent is on the accepted path, or is
+    the root); its confidence is the draft's probability of it there. Per level: the mean confidence, the
+    acceptance rate, and both per confidence bin (a reliability curve), with the expected calibration error."""
+    by_level: dict[int, list[tuple[float, bool]]] = {}
+    for r in rounds:
+        on_path = set(r["path"])
+        parent, choice, score, level = r["parent"], r["choice"], r["score"], r["level"]
+        heads = _branch_heads(parent, choice)
+        for i, p in enumerate(parent):
+            if not choice[i] or not (p < 0 or p in on_path):
+                continue
+            above = score[heads[p]] if p >= 0 else 0.0
+            by_level.setdefault(level[i], []).append((math.exp(score[i] - above), i in on_path))
+    out = []
+    for lv in sorted(by_level):
+        pairs = by_level[lv]
+        curve = []
+        for b in range(bins):
+            lo, hi = b / bins, (b + 1) / bins
+            cell = [(c, a) for c, a in pairs if lo <= c < hi or (b == bins - 1 and c == 1.0)]
+            if cell:
+                curve.append({
+                    "bin": [lo, hi], "n": len(cell),
+                    "confidence": round(sum(c for c, _ in cell) / len(cell), 4),
+                    "accepted": round(sum(a for _, a in cell) / len(cell), 4),
+                })  # fmt: skip
+        ece = sum(c["n"] * abs(c["confidence"] - c["accepted"]) for c in curve) / len(pairs)
+        out.append({
+            "level": lv, "drafted": len(pairs),
+            "confidence": round(sum(c for c, _ in pairs) / len(pairs), 4),
+            "accepted": round(sum(a for _, a in pairs) / len(pairs), 4),
+            "ece": round(ece, 4), "curve": curve,
+        })  # fmt: skip
+    return out
+
+
+def calibrate_tree(
+    rec,
+    draft,
+    users: list[str],
+    split: str = "valid",
+    width: int = 3,
+    max_depth: int = 10,
+    budgets: tuple[int, ...] = BUDGETS,
+    progress=None,
+) -> TreeCalibration:
+    """Measure, replay, choose (see the module's docstring). ``users``: the calibration requests (the first is a
+    warm-up); ``rec``: a :class:`~modeling_padrec.decoding.Recommender`."""
+    if len(users) < 2:
+        raise ValueError("tree calibration needs at least 2 requests (the first is a warm-up)")
+    engine = Engine(rec.target.model, rec.trie, draft, max_depth, GenerationSettings(max_new_tokens=rec.max_new_tokens),
+                    width=width)  # fmt: skip
+    rounds, other_ms, prompts = [], [], []
+    for i, user in enumerate(users):
+        prompt = rec.prompt(user, split)
+        out = engine.generate(prompt, trace=True)
+        if progress is not None:
+            progress.update(1)
+        if i == 0:
+            continue
+        prompts.append(prompt)
+        rounds += out.trace
+        n_rounds = max(out.target_forwards, 1)
+        other_ms.append(1000 * (out.seconds - out.draft_seconds - out.forward_seconds) / n_rounds)
+    largest = max(r["waiting"] + len(r["parent"]) for r in rounds)
+    sizes = sorted(
+        {n for n in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256) if n < largest} | {largest}
+    )
+    prompt = sorted(prompts, key=len)[len(prompts) // 2]
+    target_ms = target_cost(engine, prompt, sizes)
+    levels = max(len(r["level_seconds"]) for r in rounds)
+    draft_ms = [
+        1000 * statistics.mean(r["level_seconds"][min(k, len(r["level_seconds"])) - 1] for r in rounds)
+        for k in range(1, levels + 1)
+    ]
+    other = statistics.mean(other_ms)
+    grid = []
+    for depth in range(1, levels + 1):
+        for budget in budgets:
+            replays = [replay(r, depth, budget) for r in rounds]
+            positions = statistics.mean(p for p, _ in replays)
+            choices = statistics.mean(a for _, a in replays) + 1
+            ms = draft_ms[depth - 1] + statistics.mean(_interpolate(target_ms, p) for p, _ in replays) + other
+            grid.append({
+                "depth": depth, "budget": budget, "positions": round(positions, 2),
+                "choices_per_round": round(choices, 3), "ms_per_round": round(ms, 3),
+                "choices_per_ms": round(choices / ms, 5),
+            })  # fmt: skip
+    best = max(grid, key=lambda g: (g["choices_per_ms"], -g["budget"]))
+    return TreeCalibration(
+        width=width, depth=best["depth"], budget=best["budget"], requests=len(users) - 1, rounds=len(rounds),
+        target_ms={k: round(v, 4) for k, v in target_ms.items()}, draft_ms_by_level=[round(d, 4) for d in draft_ms],
+        other_ms_per_round=round(other, 4), grid=grid, confidence=confidence_by_level(rounds),
+    )  # fmt: skip
