@@ -321,3 +321,38 @@ def test_training_unroll_is_what_drafting_computes(world):
                     o = draft(nxt, o.features[:, -1:], step_ids=j, cache=cache)
                 assert torch.allclose(o.features[:, -1], outs[k].features[:, t], atol=1e-5), (k, t)
                 assert torch.allclose(o.logits[:, -1], outs[k].logits[:, t], atol=1e-5), (k, t)
+
+
+@pytest.mark.parametrize("item,step", [(True, True), (False, False)])
+def test_decode_step_for_tree_nodes_is_forward_under_the_same_mask(lora_world, item, step):
+    """Several tokens at once (one level of a draft tree): own positions, own steps, a boolean tree mask."""
+    from transformers import DynamicCache
+
+    draft = new_draft(lora_world.target, lora_world.token_map, depth=3, use_item_position=item,
+                      use_step_position=step, seed=5)  # fmt: skip
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    ids, feats = _inputs(draft, length=9, seed=6)
+    slow, fast = DynamicCache(), DynamicCache()
+    mask = torch.ones(1, 1, 3, 7, dtype=torch.bool)
+    mask[..., 4:] = torch.tensor([[True, False, False], [True, True, False], [False, False, True]])
+    positions = torch.tensor([[4, 5, 4]])
+    steps = torch.tensor([[1, 2, 1]])
+    with torch.no_grad():
+        draft(ids[:, :4], feats[:, :4], cache=slow)
+        draft(ids[:, :4], feats[:, :4], cache=fast)
+        a = draft(
+            ids[:, 4:7],
+            feats[:, 4:7],
+            step_ids=steps,
+            position_ids=positions,
+            attention_mask=mask,
+            cache=slow,
+        )
+        b = draft.decode_step(
+            ids[:, 4:7], feats[:, 4:7], steps, fast, position_ids=positions, attention_mask=mask
+        )
+    torch.testing.assert_close(b.features, a.features, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.logits, a.logits, atol=1e-4, rtol=1e-4)
+    assert fast.get_seq_length() == 7

@@ -209,15 +209,14 @@ class TreeProposer(DraftProposer):
                 a = self._par[a]
             mask[0, 0, row, past + row] = True
         depth = torch.tensor([[self._depth[n] for n in nodes]], device=self.device)
-        out = self.draft(
-            torch.tensor([[self._tok[n] for n in nodes]], device=self.device),
-            torch.cat(inputs, dim=1),
-            step_ids=self._root_step + depth,
-            position_ids=self._base + depth,
-            attention_mask=mask.to(self.device),
-            cache=self.cache,
-            compute_logits=False,
-        )
+        ids = torch.tensor([[self._tok[n] for n in nodes]], device=self.device)
+        args = (ids, torch.cat(inputs, dim=1))
+        kwargs = dict(position_ids=self._base + depth, attention_mask=mask.to(self.device), cache=self.cache,
+                      compute_logits=False)  # fmt: skip
+        if self.fused:  # the draft's fast path, several tokens under the tree mask
+            out = self.draft.decode_step(*args, self._root_step + depth, **kwargs)
+        else:
+            out = self.draft(*args, step_ids=self._root_step + depth, **kwargs)
         for row, node in enumerate(nodes):
             self._slot[node] = past + row
             self._feature[node] = out.features[:, row : row + 1]
