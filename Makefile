@@ -75,16 +75,22 @@ $(REF)/assistant/model.safetensors:
 # Every method on the same test users, interleaved: ar (stock generate), ar-jf (the engine, no draft), and the
 # PAD-Rec and no-position drafts through stock generate (generate:NAME, BENCH_DEPTH tokens per round) and through
 # the engine (NAME, ENGINE_DEPTH choices per round). MERGE=--merge-lora runs every method on the merged model.
+# Draft trees (tree:NAME): TREE=auto picks depth and budget per draft by a calibration on validation users;
+# TREE=N fixes the budget at N choice nodes (TREE_DEPTH choices on a path at most, TREE_WIDTH children per choice).
 BENCH_DEPTH  ?= 15
 ENGINE_DEPTH ?= 6
+TREE         ?= auto
+TREE_WIDTH   ?= 3
+TREE_DEPTH   ?= 10
+TREE_FLAGS    = --tree $(TREE) --tree-width $(TREE_WIDTH) --tree-depth $(TREE_DEPTH)
 BENCH_DRAFTS ?= padrec none
-METHODS      ?= ar-jf,generate:pad-rec,pad-rec,generate:no-position,no-position
+METHODS      ?= ar-jf,generate:pad-rec,pad-rec,tree:pad-rec,generate:no-position,no-position,tree:no-position
 BENCH_OUT    ?= $(REF)/bench$(if $(MERGE),-merged)
 .PHONY: reference-bench
 reference-bench: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.safetensors)
 	$(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) --depth $(BENCH_DEPTH) \
-		--engine-depth $(ENGINE_DEPTH) $(foreach d,$(BENCH_DRAFTS),--draft $(REF)/draft-$(d)) --only $(METHODS) \
-		$(MERGE) --out $(BENCH_OUT)
+		--engine-depth $(ENGINE_DEPTH) $(TREE_FLAGS) $(foreach d,$(BENCH_DRAFTS),--draft $(REF)/draft-$(d)) \
+		--only $(METHODS) $(MERGE) --out $(BENCH_OUT)
 
 # The four drafts and the small-LM assistant through stock generate and the engine (the whole ablation).
 .PHONY: reference-ablation-bench
@@ -138,6 +144,18 @@ depth-sweep: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.safeten
 		--only $(subst $(space),$(comma),$(foreach d,$(BENCH_DRAFTS),generate:$(NAME_$(d)))) \
 		--out $(REF)/sweep/depth-$$k > /dev/null || exit 1; done
 	$(BIN)/python scripts/depth_sweep.py $(REF)/sweep
+
+# Tree budget sweep (the BENCH_DRAFTS drafts, same users): the chain and a tree of each budget, one bench per
+# budget at TREE_DEPTH; then a table and a plot of tau and speedup against the budget.
+TREE_BUDGETS ?= 1 2 4 6 8 12 16 24 32
+.PHONY: tree-budget-sweep
+tree-budget-sweep: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.safetensors)
+	for n in $(TREE_BUDGETS); do $(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) \
+		--users $(SWEEP_USERS) --engine-depth $(ENGINE_DEPTH) --tree $$n --tree-width $(TREE_WIDTH) \
+		--tree-depth $(TREE_DEPTH) $(SWEEP_DRAFTS) \
+		--only $(subst $(space),$(comma),$(foreach d,$(BENCH_DRAFTS),$(NAME_$(d))$(comma)tree:$(NAME_$(d)))) \
+		--out $(REF)/tree-sweep/budget-$$n > /dev/null || exit 1; done
+	$(BIN)/python scripts/tree_sweep.py $(REF)/tree-sweep
 
 engine-depth-sweep: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.safetensors)
 	for k in $(ENGINE_DEPTHS); do $(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) \

@@ -584,6 +584,12 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
             ratios = [s.latency_ms / e.latency_ms for s, e in zip(stock, runs[name], strict=True)]
             m["speedup_vs_generate"] = _pct(ratios, 50)
             m["speedup_vs_generate_p10"], m["speedup_vs_generate_p90"] = _pct(ratios, 10), _pct(ratios, 90)
+        chain = runs.get(name.removeprefix("tree:")) if name.startswith("tree:") else None
+        if chain is not None:  # a draft tree against the same draft's chain
+            ratios = [c.latency_ms / t.latency_ms for c, t in zip(chain, runs[name], strict=True)]
+            m["speedup_vs_chain"] = _pct(ratios, 50)
+            m["speedup_vs_chain_p10"], m["speedup_vs_chain_p90"] = _pct(ratios, 10), _pct(ratios, 90)
+            m["tau_vs_chain"] = round(m["tau"] / report["methods"][name.removeprefix("tree:")]["tau"], 4)
     if out is not None:
         write_report(report, runs, Path(out))
     return report
@@ -667,6 +673,7 @@ def report_markdown(report: dict) -> str:
             f"| {p['verify']:.1f} ({_fmt(r.get('verify'), '.2f')}) | {p['other']:.1f} "
             f"({_fmt(r.get('other'), '.2f')}) | {p['total']:.1f} |"
         )
+    lines += tree_markdown(report)
     lines += [
         "",
         "speedup: median over requests of AR latency ÷ method latency (same request, same process). "
@@ -678,10 +685,73 @@ def report_markdown(report: dict) -> str:
         "identical: share of requests whose output equals AR's.",
         "",
         "Plots: [speedup](speedup.png) · [α by step](alpha_by_step.png) · [α by slot](alpha_by_slot.png) · "
-        "[latency](latency.png)",
+        "[latency](latency.png)"
+        + (
+            " · [tree confidence by level](tree_confidence.png)"
+            if any(m.get("calibration") for m in report["methods"].values())
+            else ""
+        ),
         "",
     ]
     return "\n".join(lines)
+
+
+def tree_markdown(report: dict) -> list[str]:
+    """The draft-tree methods: their shape, how it was chosen, and how the draft's confidence predicts
+    acceptance level by level."""
+    trees = {n: m for n, m in report["methods"].items() if n.startswith("tree:")}
+    if not trees:
+        return []
+    lines = ["", "## Draft trees", ""]
+    for name, m in trees.items():
+        vs = m.get("speedup_vs_chain")
+        lines.append(
+            f"**{name}**: width {m['width']}, depth {m['depth']} (choices on a path), budget {m['budget']} choice "
+            f"nodes; {_fmt(m['drafted_per_round'], '.1f')} nodes verified per round (forced runs included)"
+            + (
+                f"; against the chain of the same draft: τ {m['tau_vs_chain']:.2f}×, wall-clock {vs:.2f}× "
+                f"({m['speedup_vs_chain_p10']:.2f}–{m['speedup_vs_chain_p90']:.2f})"
+                if vs is not None
+                else ""
+            )
+            + "."
+        )
+        cal = m.get("calibration")
+        if cal is None:
+            continue
+        ranked = sorted(cal["grid"], key=lambda g: -g["choices_per_ms"])[:5]
+        lines += [
+            "",
+            f"Shape chosen by calibration on {cal['requests']} {cal['split']} requests ({cal['rounds']} rounds of a "
+            f"width-{cal['width']} tree, no budget cut): the best replayed shapes, choices decided per ms of a round "
+            f"(draft + verify + the loop's own {cal['other_ms_per_round']:.2f} ms):",
+            "",
+            "| depth | budget | positions verified | choices / round | ms / round | choices / ms |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {g['depth']} | {g['budget']} | {g['positions']:.1f} | {g['choices_per_round']:.2f} "
+                f"| {g['ms_per_round']:.2f} | {g['choices_per_ms']:.4f} |"
+                for g in ranked
+            ),
+            "",
+            "Target forward, ms by new positions: "
+            + ", ".join(f"{k}: {v:.2f}" for k, v in cal["target_ms"].items())
+            + ". Draft, ms to grow levels 1..k: "
+            + ", ".join(f"{v:.2f}" for v in cal["draft_ms_by_level"])
+            + ".",
+            "",
+            "The draft's confidence (its probability of a drafted choice where the target reached that choice "
+            "point) against the target's acceptance, by level:",
+            "",
+            "| level | drafted | mean confidence | accepted | calibration error (ECE) |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {c['level']} | {c['drafted']} | {c['confidence']:.3f} | {c['accepted']:.3f} | {c['ece']:.3f} |"
+                for c in cal["confidence"]
+            ),
+            "",
+        ]
+    return lines
 
 
 def write_report(report: dict, runs: dict[str, list[Measurement]], out: Path) -> Path:

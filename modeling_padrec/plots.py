@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PLOTS = ("speedup.png", "alpha_by_step.png", "alpha_by_slot.png", "latency.png")
+TREE_PLOT = "tree_confidence.png"  # only when the report has a calibrated draft tree
 
 
 def _figure(figsize):
@@ -76,6 +77,23 @@ def plot_report(report: dict, runs: dict, out: Path) -> list[Path]:
     ax.set_ylabel("latency per request (ms)")
     ax.set_title(_title(report, "Latency distribution"), fontsize=9)
     written.append(_save(fig, out / "latency.png"))
+
+    calibrated = {n: methods[n]["calibration"] for n in names if methods[n].get("calibration")}
+    if calibrated:  # draft trees: the draft's confidence against acceptance, one curve per level
+        fig, ax = _figure(figsize=(6, 4.5))
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        for n, cal in calibrated.items():
+            for level in cal["confidence"]:
+                xs = [c["confidence"] for c in level["curve"]]
+                ys = [c["accepted"] for c in level["curve"]]
+                ax.plot(xs, ys, marker="o", label=f"{n} level {level['level']}")
+        ax.set_xlabel("draft's probability of the drafted choice (bin mean)")
+        ax.set_ylabel("share the target accepted")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=6, loc="upper left", ncol=2)
+        ax.set_title(_title(report, "Draft confidence vs acceptance by tree level (calibration)"), fontsize=9)
+        written.append(_save(fig, out / TREE_PLOT))
     return written
 
 

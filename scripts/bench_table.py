@@ -22,6 +22,7 @@ from modeling_padrec.fileio import staged_dir
 
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 FILES = ("report.json", "report.md", "speedup.png", "alpha_by_step.png", "alpha_by_slot.png", "latency.png")
+OPTIONAL = ("tree_confidence.png",)  # draft trees with a calibrated shape
 
 
 def publish(runs: Path, results: Path) -> list[Path]:
@@ -30,11 +31,17 @@ def publish(runs: Path, results: Path) -> list[Path]:
         dest = results / report.parent.parent.name
         run = report.parent.parent
         with staged_dir(dest) as tmp:
-            for name in FILES:
-                shutil.copyfile(report.parent / name, tmp / name)
-            for sweep, name in (("sweep", "depth-sweep.md"), ("engine-sweep", "engine-depth-sweep.md")):
-                if (run / sweep / "sweep.md").is_file():  # make depth-sweep / engine-depth-sweep
+            for name in FILES + OPTIONAL:
+                if name in FILES or (report.parent / name).is_file():
+                    shutil.copyfile(report.parent / name, tmp / name)
+            for sweep, name in (("sweep", "depth-sweep.md"), ("engine-sweep", "engine-depth-sweep.md"),
+                                ("tree-sweep", "tree-budget-sweep.md")):  # fmt: skip
+                if (
+                    run / sweep / "sweep.md"
+                ).is_file():  # make depth-sweep / engine-depth-sweep / tree-budget-sweep
                     shutil.copyfile(run / sweep / "sweep.md", tmp / name)
+            if (run / "tree-sweep" / "sweep.png").is_file():
+                shutil.copyfile(run / "tree-sweep" / "sweep.png", tmp / "tree-budget-sweep.png")
             if (run / "bench-merged" / "report.json").is_file():  # make reference-bench MERGE=--merge-lora
                 (tmp / "merged-lora").mkdir()
                 for name in FILES:
@@ -71,6 +78,15 @@ def goals(methods: dict, dataset: str) -> str:
             (f"outside model forwards {other:.1%} of a request ≤ 10%", other <= 0.10),
             (f"one draft step {pad['draft_ms_per_step']:.2f} ms ≤ 0.5 ms", pad["draft_ms_per_step"] <= 0.5),
         ]
+    tree = methods.get("tree:pad-rec")
+    if tree is not None:  # the tree issue's goals
+        checks += [
+            (f"PAD-Rec tree τ {tree['tau_vs_chain']:.2f}× the chain's ≥ 1.3×", tree["tau_vs_chain"] >= 1.3),
+            (f"PAD-Rec tree wall-clock {tree['speedup_vs_chain']:.2f}× over the chain ≥ 1.2×",
+             tree["speedup_vs_chain"] >= 1.2),
+        ]  # fmt: skip
+        if dataset == "Instruments":
+            checks.append((f"PAD-Rec tree {tree['speedup']:.2f}× over ar ≥ 5×", tree["speedup"] >= 5.0))
     line = "; ".join(f"{text} **{'met' if ok else 'not met'}**" for text, ok in checks)
     none = methods.get("no-position")
     if pad is not None and none is not None:
@@ -124,6 +140,11 @@ def render(results: Path, readme_dir: Path) -> str:
             f"{'s' if hw['torch_threads'] != 1 else ''}), device {hw['device']}. "
             f"[report]({rel}/report.md) · [speedup]({rel}/speedup.png) · [α by step]({rel}/alpha_by_step.png) · "
             f"[α by slot]({rel}/alpha_by_slot.png) · [latency]({rel}/latency.png)"
+            + (
+                f" · [tree confidence]({rel}/tree_confidence.png)"
+                if (folder / "tree_confidence.png").is_file()
+                else ""
+            )
             + (f" · [model card]({rel}/model-card.md)" if (folder / "model-card.md").is_file() else ""),
             "",
             "| method | speedup (p10–p90) | latency ms median | τ | target fwd / list | perfect-draft fwd "
@@ -153,6 +174,11 @@ def render(results: Path, readme_dir: Path) -> str:
             lines += ["", merged_table(report, json.loads((folder / "merged-lora" / "report.json").read_text()),
                                        f"{rel}/merged-lora/report.md")]  # fmt: skip
         for name, what, command in (
+            (
+                "tree-budget-sweep.md",
+                f"Draft-tree budget sweep ([plot]({rel}/tree-budget-sweep.png))",
+                "tree-budget-sweep",
+            ),
             ("engine-depth-sweep.md", "Engine depth sweep, choices drafted per round", "engine-depth-sweep"),
             ("depth-sweep.md", "Stock-path draft length sweep, tokens per round", "depth-sweep"),
         ):
