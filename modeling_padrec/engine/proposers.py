@@ -1,9 +1,9 @@
 """Who proposes the tokens a target forward verifies: nobody (jump-forward alone) or a PAD-Rec draft.
 
-A proposal is a chain of tokens after the current sequence. The draft is asked only where the catalog trie
-leaves a choice; forced tokens are filled in by the trie (the draft still steps over them, to carry its feature
-chain). ``budget`` counts choices, not tokens: a round ends after ``budget`` choices plus the forced run that
-follows the last one.
+A proposal is a chain (here) or a tree (:mod:`.tree`) of tokens after the current sequence. The draft is asked
+only where the catalog trie leaves a choice; forced tokens are filled in by the trie (the draft still steps over
+them when another choice follows, to carry its feature chain). ``depth`` counts choices, not tokens: a round
+ends after ``depth`` choices plus the forced run that follows the last one.
 
 :class:`DraftProposer` reads the target's features from the engine's own forwards (no hooks): after every target
 forward the engine hands it the features of the positions it kept. The draft's cache holds only positions whose
