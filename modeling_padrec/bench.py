@@ -150,7 +150,7 @@ def build_methods(
         name, sep, path = spec.partition("=")
         if not sep or "/" in name or not name:  # a plain folder (which may itself contain "=")
             name, path = "", spec
-        draft = load_draft(path, rec.token_map, device=rec.device)
+        draft = load_draft(path, rec.token_map, device=rec.device, dataset=rec.dataset)
         if depth:  # deeper than trained: the last step embedding is reused beyond it
             draft.generation_config.num_assistant_tokens = depth
         named.append((name or draft_method_name(draft.config), path, draft))
@@ -512,6 +512,11 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     dataset = load_dataset(cfg.data)
     target = load_target(cfg.target, device=cfg.device, merge_lora=cfg.merge_lora)
     rec = Recommender(target, dataset, list_len=cfg.list_len, engine="generate")  # engine methods pass theirs
+    from .catalog import unseen_note
+
+    note = unseen_note(target.unseen_items, f"the target {cfg.target}")
+    if note and progress:
+        print(note, file=sys.stderr)
     users = dataset.eval_users(cfg.split)[: cfg.users]
     if not users:
         raise PadrecError(f"{cfg.data}: no users with a non-empty {cfg.split} target list")

@@ -153,6 +153,7 @@ def cmd_train_assistant(args) -> int:
 def _recommender(args):
     import torch
 
+    from .catalog import unseen_note
     from .data import load_dataset
     from .decoding import Recommender
     from .target import load_target
@@ -161,6 +162,9 @@ def _recommender(args):
     dataset = load_dataset(args.data)
     target = load_target(args.target, device=_device(args.device), merge_lora=args.merge_lora)
     rec = Recommender(target, dataset, list_len=args.list_len, engine=args.engine)
+    note = unseen_note(target.unseen_items, f"the target {args.target}")
+    if note:
+        print(note, file=sys.stderr)
     users = dataset.eval_users(args.split)[: args.users]
     if not users:
         raise PadrecError(f"{args.data}: no users with a non-empty {args.split} target list")
@@ -183,7 +187,7 @@ def cmd_recommend(args) -> int:
     if args.draft:
         from .draft import load_draft
 
-        draft = load_draft(args.draft, rec.token_map, device=rec.device)
+        draft = load_draft(args.draft, rec.token_map, device=rec.device, dataset=rec.dataset)
         if args.engine == "engine":
             width = args.tree_width if args.tree else None
             engine = rec.engine(draft, args.depth, width, args.tree)
@@ -345,6 +349,14 @@ def cmd_bench(args) -> int:
 
 
 # --------------------------------------------------------------------------- hub
+
+
+def cmd_stamp_catalog(args) -> int:
+    from .catalog import stamp_catalog
+
+    for line in stamp_catalog(args.target, args.data, args.draft):
+        print(line)
+    return 0
 
 
 def cmd_export(args) -> int:
@@ -580,6 +592,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="report folder (report.json, report.md, requests.jsonl, plots)")
     b.add_argument("--json", action="store_true", help="print report.json instead of the tables")
     b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser(
+        "stamp-catalog",
+        help="record the catalog a target (and its drafts) made before catalog records was trained on",
+    )
+    c.add_argument("--target", required=True, help="the target folder")
+    c.add_argument("--data", required=True, help="the dataset whose catalog it was trained on")
+    c.add_argument("--draft", action="append", default=[], help="a draft folder of that target; repeatable")
+    c.set_defaults(func=cmd_stamp_catalog)
 
     e = sub.add_parser("export", help="Hub repositories for a draft and its target, with model cards")
     e.add_argument("--draft", required=True, help="draft folder (padrec train-draft)")

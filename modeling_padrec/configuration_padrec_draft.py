@@ -33,6 +33,8 @@ class PadRecDraftConfig(PretrainedConfig):
             Both off: the plain EAGLE-style baseline.
         slot_scale_init (`float`): initial value of the learnable coefficient alpha.
         token_map_fingerprint (`str`, *optional*): hash of the token layout the draft was built for.
+        catalog (`dict`, *optional*): the catalog the draft was trained on (its target's): ``items``, ``levels``
+            and ``fingerprint``, a digest of every item's codes in item order.
     """
 
     model_type = "padrec_draft"
@@ -60,6 +62,7 @@ class PadRecDraftConfig(PretrainedConfig):
     use_step_position: bool = True
     slot_scale_init: float = 1.0
     token_map_fingerprint: str | None = None
+    catalog: dict | None = None
 
     pad_token_id: int | None = None
     bos_token_id: int | None = None

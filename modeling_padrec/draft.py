@@ -76,6 +76,7 @@ def draft_config(
         use_item_position=use_item_position,
         use_step_position=use_step_position,
         token_map_fingerprint=token_map.fingerprint(),
+        catalog=getattr(getattr(target, "meta", None), "catalog", None),  # a padrec Target's record, if any
         pad_token_id=token_map.pad_id,
         bos_token_id=token_map.bos_id,
         eos_token_id=token_map.eos_id,
@@ -125,18 +126,53 @@ def new_draft(
     return draft.eval()
 
 
-def load_draft(path: str | Path, token_map: TokenMap | None = None, device: str | torch.device = "cpu"):
+def load_draft(
+    path: str | Path,
+    token_map: TokenMap | None = None,
+    device: str | torch.device = "cpu",
+    dataset=None,
+):
     """Load a saved draft (a folder or a Hub repo id) with the package's classes (no ``trust_remote_code``
-    needed); check ``token_map``."""
+    needed); check ``token_map``, and that ``dataset``'s catalog is the one the draft was trained on."""
     from .target import resolve_folder
 
     path = resolve_folder(path, PadRecDraftError, "draft")
     if not (path / "config.json").is_file():
         raise PadRecDraftError(f"{path}: not a saved PAD-Rec draft (no config.json)")
-    draft = PadRecDraftModel.from_pretrained(path)
+    draft = _from_pretrained(path)
     if token_map is not None:
         draft.check_token_map(token_map)
+    if dataset is not None:
+        from .catalog import check_catalog
+
+        check_catalog(draft.config.catalog, dataset.index, f"draft {path}", str(dataset.path))
     return draft.to(device).eval()
+
+
+def _from_pretrained(path: Path) -> PadRecDraftModel:
+    """The draft in ``path``, or one clear :class:`PadRecDraftError` for a damaged or foreign folder."""
+    import json
+
+    from safetensors import SafetensorError
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PadRecDraftError(f"{path / 'config.json'}: not readable JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("model_type") != PadRecDraftConfig.model_type:
+        kind = config.get("model_type") if isinstance(config, dict) else None
+        raise PadRecDraftError(f"{path}: not a PAD-Rec draft (its config.json describes model_type {kind!r})")
+    if not (path / "model.safetensors").is_file():
+        raise PadRecDraftError(f"{path}: the draft's weights (model.safetensors) are missing")
+    try:
+        return PadRecDraftModel.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        raise PadRecDraftError(f"{path}: cannot load the draft ({_first_line(e)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def check_token_map(draft: PadRecDraftModel, token_map: TokenMap) -> None:

@@ -219,6 +219,11 @@ def export(
             f"--draft {draft_dir}: built for token layout {config.token_map_fingerprint}, the target "
             f"{target_dir} has {target.meta.token_map_fingerprint}"
         )
+    if config.catalog != target.meta.catalog:
+        raise ExportError(
+            f"--draft {draft_dir}: trained on catalog {(config.catalog or {}).get('fingerprint', '(unrecorded)')}, "
+            f"the target {target_dir} on {(target.meta.catalog or {}).get('fingerprint', '(unrecorded)')}"
+        )
     report = method = depth = None
     if bench is not None:
         try:

@@ -59,6 +59,7 @@ class TargetMeta:
     preset: str | None = None
     train: dict = field(default_factory=dict)
     format_version: int = 1
+    catalog: dict | None = None  # which item has which codes (modeling_padrec.catalog); None: made before it
 
     def save(self, folder: Path) -> None:
         (folder / TARGET_META).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -181,6 +182,7 @@ class Target:
     tokenizer: object
     meta: TargetMeta
     path: Path
+    unseen_items: int = 0  # items of the checked dataset's catalog the target never saw (check_dataset)
 
     def token_map(self, index: ItemIndex) -> TokenMap:
         tm = TokenMap.from_tokenizer(self.tokenizer, index, vocab_size=self.model.config.vocab_size)
@@ -192,12 +194,21 @@ class Target:
         return tm
 
     def check_dataset(self, dataset: RecDataset) -> TokenMap:
+        """The token map of ``dataset`` for this target, once the data is known to fit it: the same token
+        layout and the catalog the target was trained on (or that catalog with items appended: their number is
+        left in ``unseen_items``). Raises :class:`TargetError` / :class:`~modeling_padrec.catalog.CatalogError`."""
+        from .catalog import check_catalog
+
         if dataset.index.levels != self.meta.levels:
             raise TargetError(
                 f"{self.path}: the target's items have {self.meta.levels} tokens, "
                 f"{dataset.path} has {dataset.index.levels}"
             )
-        return self.token_map(dataset.index)
+        tm = self.token_map(dataset.index)
+        self.unseen_items = check_catalog(
+            self.meta.catalog, dataset.index, f"target {self.path}", str(dataset.path)
+        )
+        return tm
 
 
 def resolve_folder(path: str | Path, error: type[Exception], what: str) -> Path:
@@ -223,6 +234,7 @@ def load_target(path: str | Path, device: str | torch.device = "cpu", merge_lora
     ``merge_lora``: fold the LoRA weights into the base (PEFT's ``merge_and_unload``; the folder is untouched),
     so every forward runs plain ``transformers`` layers. Greedy lists stay the same up to float rounding."""
     from peft import PeftConfig, PeftModel
+    from safetensors import SafetensorError
 
     folder = resolve_folder(path, TargetError, "target")
     if not (folder / "adapter_config.json").is_file():
@@ -237,8 +249,11 @@ def load_target(path: str | Path, device: str | torch.device = "cpu", merge_lora
         if len(tokenizer) > base.get_input_embeddings().num_embeddings:
             base.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(base, folder)
-    except (OSError, ValueError, KeyError) as e:
-        raise TargetError(f"{folder}: cannot load the target ({e})") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        lines = str(e).strip().splitlines()
+        raise TargetError(
+            f"{folder}: cannot load the target ({type(e).__name__}: {lines[0] if lines else ''})"
+        ) from None
     if merge_lora:
         model = model.merge_and_unload()
     model.to(device).eval()

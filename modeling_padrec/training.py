@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .catalog import catalog_record
 from .errors import DataError
 from .fileio import staged_dir
 
@@ -329,6 +330,7 @@ def train_target(args: TargetTrainArgs, accelerator=None) -> Path:
             list_len=args.list_len,
             token_map_fingerprint=tm.fingerprint(),
             preset=preset,
+            catalog=catalog_record(dataset.index),
             train={
                 **asdict(args),
                 "pretrain_steps": pre_steps,

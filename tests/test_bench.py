@@ -285,7 +285,9 @@ def test_draft_trees_in_the_bench_with_a_calibrated_shape(tmp_path, tiny_target,
     assert report["config"]["tree"] == {"budget": "auto", "width": 2, "depth": 3, "calibration_users": 16}
     assert tree["tau_vs_chain"] > 0 and tree["speedup_vs_chain"] > 0
     text = (out / "report.md").read_text()
-    assert "## Draft trees" in text and "tree_confidence.png" in text and (out / "tree_confidence.png").is_file()
+    assert (
+        "## Draft trees" in text and "tree_confidence.png" in text and (out / "tree_confidence.png").is_file()
+    )
 
 
 @pytest.mark.parametrize("value", ["0", "many", "-3"])
