@@ -92,7 +92,10 @@ def stamp_catalog(target_dir, data_dir, drafts=()) -> list[str]:
         lines.append(
             f"target {target.path}: recorded catalog {record['fingerprint']} ({record['items']} items)"
         )
+    from .draft import load_draft
+
     for draft in drafts:
+        load_draft(draft)  # a damaged or foreign draft is refused before anything is written
         path = Path(draft) / "config.json"
         try:
             config = json.loads(path.read_text())

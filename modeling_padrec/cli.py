@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from .errors import PadrecError
+from .fileio import check_output_dir
 
 
 def _positive(value: str) -> int:
@@ -47,6 +48,14 @@ def _device(name: str):
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PadrecError(f"--device {name}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PadrecError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise PadrecError(f"--device {name}: padrec runs on cpu or cuda")
     return name
 
 
@@ -97,6 +106,7 @@ def cmd_train_target(args) -> int:
     from .training import TargetTrainArgs, train_target
 
     load_dataset(args.data)  # fail fast with a clear message before any model is built
+    check_output_dir(args.out, "padrec_target.json")
     out = train_target(
         TargetTrainArgs(
             data=args.data,
@@ -121,6 +131,7 @@ def _distil(args, train, what: str, **settings) -> int:
 
     load_dataset(args.data)
     load_target(args.target)
+    check_output_dir(args.out, "model.safetensors")
     out = train(
         args.target,
         args.data,

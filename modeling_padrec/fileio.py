@@ -16,6 +16,8 @@ from .errors import PadrecError
 def write_json_atomic(path: str | Path, obj, indent: int | None = None) -> Path:
     """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
+    if path.is_dir():
+        raise PadrecError(f"{path}: is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

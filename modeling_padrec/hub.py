@@ -203,7 +203,7 @@ def export(
 ) -> tuple[ExportPlan, Path]:
     """Render the repositories into ``out`` (staged, then moved into place; ``out=None``: a temp folder the
     caller removes). Returns the plan and the folder."""
-    from .configuration_padrec_draft import PadRecDraftConfig
+    from .draft import load_draft
     from .target import load_target
 
     draft_dir, target_dir = Path(draft_dir), Path(target_dir)
@@ -213,7 +213,7 @@ def export(
         if not (draft_dir / name).is_file():
             raise ExportError(f"--draft {draft_dir}: not a saved PAD-Rec draft ({name} is missing)")
     target = load_target(target_dir)
-    config = PadRecDraftConfig.from_pretrained(draft_dir)
+    config = load_draft(draft_dir).config  # a damaged or foreign draft folder stops here, with one clear line
     if config.token_map_fingerprint != target.meta.token_map_fingerprint:
         raise ExportError(
             f"--draft {draft_dir}: built for token layout {config.token_map_fingerprint}, the target "
