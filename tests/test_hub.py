@@ -70,6 +70,10 @@ def test_export_writes_complete_repos_with_safetensors_only(exported):
         assert path.suffix not in (".bin", ".pt", ".pth", ".pkl", ".ckpt"), path
     meta = (exported / "target" / "padrec_target.json").read_text()
     assert str(Path.cwd()) not in meta and "/tmp" not in meta
+    for path in exported.rglob("*"):  # no machine-local absolute path anywhere in the repos' text files
+        if path.suffix in (".json", ".md", ".py", ".txt", ".jinja") and path.name != "export.json":
+            text = path.read_text()
+            assert "/tmp/" not in text and str(Path.cwd()) not in text and "/home/" not in text, path
     generation = json.loads((exported / "draft" / "generation_config.json").read_text())
     assert generation["num_assistant_tokens"] == 4  # the depth the bench measured becomes the default
 
