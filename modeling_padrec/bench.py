@@ -755,6 +755,12 @@ def tree_markdown(report: dict) -> list[str]:
                 for c in cal["confidence"]
             ),
             "",
+            "Where the chosen shape spends its choice nodes, by item slot of the drafted token: "
+            + ", ".join(
+                f"{b['slot']} {b['share']:.1%} (accepted {b['accepted']:.2f})" for b in cal["branching"]
+            )
+            + ".",
+            "",
         ]
     return lines
 

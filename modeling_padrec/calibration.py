@@ -48,6 +48,7 @@ class TreeCalibration:
     other_ms_per_round: float = 0.0
     grid: list[dict] = field(default_factory=list)
     confidence: list[dict] = field(default_factory=list)  # by level: the draft's confidence vs acceptance
+    branching: list[dict] = field(default_factory=list)  # by item slot: where the chosen shape's nodes go
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -108,9 +109,9 @@ def _branch_heads(parent: list[int], choice: list[bool]) -> list[int]:
     return heads
 
 
-def replay(round_: dict, depth: int, budget: int) -> tuple[int, int]:
-    """(positions verified, choices accepted) of one traced round had its tree been cut to ``depth`` levels
-    and ``budget`` choice nodes."""
+def _cut(round_: dict, depth: int, budget: int) -> tuple[list[int], set[int]]:
+    """(branch head of every node, the choice nodes kept) of a traced tree cut to ``depth`` levels and its
+    ``budget`` most confident choice nodes, a node never without its parent (what the proposer does)."""
     parent, choice, score, level = round_["parent"], round_["choice"], round_["score"], round_["level"]
     heads = _branch_heads(parent, choice)
     ranked = sorted(
@@ -123,6 +124,14 @@ def replay(round_: dict, depth: int, budget: int) -> tuple[int, int]:
         above = parent[i]
         if above < 0 or heads[above] in kept:
             kept.add(i)
+    return heads, kept
+
+
+def replay(round_: dict, depth: int, budget: int) -> tuple[int, int]:
+    """(positions verified, choices accepted) of one traced round had its tree been cut to ``depth`` levels
+    and ``budget`` choice nodes."""
+    parent, choice = round_["parent"], round_["choice"]
+    heads, kept = _cut(round_, depth, budget)
     positions = round_["waiting"] + sum(1 for i in range(len(parent)) if heads[i] in kept)
     accepted = 0
     for node in round_["path"]:
@@ -169,6 +178,24 @@ def confidence_by_level(rounds: list[dict], bins: int = 5) -> list[dict]:
             "ece": round(ece, 4), "curve": curve,
         })  # fmt: skip
     return out
+
+
+def branching_by_slot(rounds: list[dict], depth: int, budget: int, slot_of, slot_names) -> list[dict]:
+    """Where the tree of the chosen shape spends its choice nodes: per item slot of the drafted token, the share
+    of kept choice nodes, and how many of them the target accepted."""
+    counts: dict[int, list[int]] = {}
+    for r in rounds:
+        _, kept = _cut(r, depth, budget)
+        on_path = set(r["path"])
+        for i in kept:
+            cell = counts.setdefault(slot_of[r["tokens"][i]], [0, 0])
+            cell[0] += 1
+            cell[1] += i in on_path
+    total = sum(c[0] for c in counts.values()) or 1
+    return [
+        {"slot": slot_names[s], "share": round(n / total, 4), "kept": n, "accepted": round(a / n, 4)}
+        for s, (n, a) in sorted(counts.items())
+    ]
 
 
 def calibrate_tree(
@@ -224,8 +251,11 @@ def calibrate_tree(
                 "choices_per_ms": round(choices / ms, 5),
             })  # fmt: skip
     best = max(grid, key=lambda g: (g["choices_per_ms"], -g["budget"]))
+    tm = rec.token_map
+    slot_names = [tm.level_letter(lv) for lv in range(tm.levels)] + ["sep", "other"]
+    branching = branching_by_slot(rounds, best["depth"], best["budget"], tm.slot_table().tolist(), slot_names)
     return TreeCalibration(
         width=width, depth=best["depth"], budget=best["budget"], requests=len(users) - 1, rounds=len(rounds),
         target_ms={k: round(v, 4) for k, v in target_ms.items()}, draft_ms_by_level=[round(d, 4) for d in draft_ms],
-        other_ms_per_round=round(other, 4), grid=grid, confidence=confidence_by_level(rounds),
+        other_ms_per_round=round(other, 4), grid=grid, confidence=confidence_by_level(rounds), branching=branching,
     )  # fmt: skip

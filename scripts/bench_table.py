@@ -4,7 +4,7 @@ benchmark table from the copied ``report.json`` files, so no figure in the READM
     python scripts/bench_table.py README.md runs/ref results
 
 For every ``runs/ref/<dataset>/bench/report.json``: ``report.json``, ``report.md`` and the PNG plots go to
-``results/<dataset>/`` (staged, then moved into place), with the same bench on the merged-LoRA model
+``results/<dataset>/`` (staged, then moved into place; files of earlier runs that this one did not redo stay), with the same bench on the merged-LoRA model
 (``bench-merged``, ``make reference-bench MERGE=--merge-lora``) in ``merged-lora/`` and the depth sweeps
 (``make depth-sweep``, ``make engine-depth-sweep``) beside them; the block between ``<!-- bench-table:start -->``
 and ``<!-- bench-table:end -->`` in README.md gets one table per dataset and the engine issue's goals checked
@@ -31,6 +31,8 @@ def publish(runs: Path, results: Path) -> list[Path]:
         dest = results / report.parent.parent.name
         run = report.parent.parent
         with staged_dir(dest) as tmp:
+            if dest.is_dir():  # results of earlier runs this machine did not redo (sweeps, merged LoRA) stay
+                shutil.copytree(dest, tmp, dirs_exist_ok=True)
             for name in FILES + OPTIONAL:
                 if name in FILES or (report.parent / name).is_file():
                     shutil.copyfile(report.parent / name, tmp / name)

@@ -280,6 +280,7 @@ def test_draft_trees_in_the_bench_with_a_calibrated_shape(tmp_path, tiny_target,
     assert chosen[0]["choices_per_ms"] == max(g["choices_per_ms"] for g in cal["grid"])
     assert {g["depth"] for g in cal["grid"]} <= {1, 2, 3} and cal["rounds"] > 0
     assert all(v > 0 for v in cal["target_ms"].values()) and len(cal["draft_ms_by_level"]) <= 3
+    assert abs(sum(b["share"] for b in cal["branching"]) - 1) < 0.01 and cal["branching"]
     for level in cal["confidence"]:
         assert 0 <= level["accepted"] <= 1 and 0 < level["confidence"] <= 1 and level["drafted"] > 0
     assert report["config"]["tree"] == {"budget": "auto", "width": 2, "depth": 3, "calibration_users": 16}

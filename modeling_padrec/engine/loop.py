@@ -234,7 +234,7 @@ class Engine:
                 path.append(node)
             if trace and proposal.tokens:
                 out.trace.append({
-                    "waiting": waiting, "parent": proposal.parents, "choice": proposal.choice,
+                    "waiting": waiting, "tokens": proposal.tokens, "parent": proposal.parents, "choice": proposal.choice,
                     "score": proposal.score, "level": proposal.level, "level_seconds": proposal.level_seconds,
                     "path": path, "draft_seconds": proposal.draft_seconds, "verify_seconds": verify_seconds,
                 })  # fmt: skip
