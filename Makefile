@@ -111,7 +111,7 @@ reference-results: install
 # (nothing is uploaded; add PUSH=--push to upload).
 .PHONY: reference-export
 reference-export: install
-	$(BIN)/padrec export --draft $(REF)/draft-padrec --target $(REF)/target --repo-id padrec/$(DATA)-pad-rec \
+	$(BIN)/padrec export --draft $(REF)/draft-padrec --target $(REF)/target --data $(SHARED)/$(DATA) --repo-id padrec/$(DATA)-pad-rec \
 		--bench $(REF)/bench/report.json --out $(REF)/export $(PUSH)
 
 # Issue-3 evidence: AR and the PAD-Rec / no-position drafts on the same test users, outputs compared.

@@ -37,6 +37,11 @@ DRAFT_FILES = (
     "model.safetensors",
     "generation_config.json",
 )
+# padrec's engine, shipped in the draft repo as transformers' custom_generate recipe (engine file → repo file)
+ENGINE_FILES = {
+    name: name for name in ("trie.py", "scoring.py", "acceptance.py", "proposers.py", "tree.py", "loop.py")
+}
+ENGINE_FILES["custom_generate.py"] = "generate.py"
 TARGET_FILES = ("adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", "padrec_target.json")
 BASE_FILES = ("config.json", "model.safetensors", "generation_config.json")
 
@@ -142,7 +147,7 @@ def _rows(settings: dict) -> str:
     return "\n".join(f"| {k} | {v} |" for k, v in settings.items())
 
 
-def usage_snippet(draft_repo: str, target_repo: str, prompt: str, max_new_tokens: int) -> str:
+def usage_snippet(draft_repo: str, target_repo: str, prompt: str) -> str:
     """The exact code the cards and the README show (and the tests run, offline, by repo id)."""
     return f'''import torch
 from peft import AutoPeftModelForCausalLM
@@ -150,14 +155,16 @@ from transformers import AutoModel, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{target_repo}")
 target = AutoPeftModelForCausalLM.from_pretrained("{target_repo}").eval()
-draft = AutoModel.from_pretrained("{draft_repo}", trust_remote_code=True).attach(target)
+draft = AutoModel.from_pretrained("{draft_repo}", trust_remote_code=True)
 
 # a user's history as item tokens, then <|rec|>
 prompt = "{prompt}"
 inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-fast = target.generate(**inputs, assistant_model=draft, do_sample=False, max_new_tokens={max_new_tokens})
-plain = target.generate(**inputs, do_sample=False, max_new_tokens={max_new_tokens})
-assert torch.equal(fast, plain)  # the draft never changes the output
+engine = dict(custom_generate="{draft_repo}", trust_remote_code=True)  # padrec's engine, from the draft repo
+fast = target.generate(**inputs, **engine, assistant_model=draft)  # catalog-constrained, PAD-Rec drafting
+tree = target.generate(**inputs, **engine, assistant_model=draft, tree_width=3, tree_budget=16)
+plain = target.generate(**inputs, **engine, catalog="{draft_repo}")  # no draft: the target decides every choice
+assert torch.equal(fast, plain) and torch.equal(tree, plain)  # the draft never changes the output
 print(tokenizer.decode(fast[0, inputs["input_ids"].shape[1]:]))'''
 
 
@@ -257,15 +264,18 @@ def export(
     plan = ExportPlan(repos, str(bench) if bench else None,
                       {"draft": str(draft_dir.absolute()), "target": str(target_dir.absolute())})  # fmt: skip
     draft_meta = _read_json(draft_dir / "padrec_draft.json")
-    levels, list_len = target.meta.levels, target.meta.list_len
-    snippet = usage_snippet(repo_id, target_repo_id, example_prompt(target, data), list_len * (levels + 1))
+    levels = target.meta.levels
+    snippet = usage_snippet(repo_id, target_repo_id, example_prompt(target, data))
     evaluation = evaluation_markdown(report, method, str(bench) if bench else None)
     dataset = target.meta.dataset
     common = dict(license=license, library_name="transformers", tags=TAGS, datasets=[dataset])
 
+    catalog = _catalog(target, data)
+
     def write(root: Path) -> None:
         _write_draft(root / "draft", draft_dir, config, draft_meta, common, repo_id, target_repo_id, snippet,
                      evaluation, dataset, levels, depth)  # fmt: skip
+        _write_engine(root / "draft", catalog)
         _write_target(root / "target", target, common, base_ref, repos, snippet, dataset)
         if preset:
             _write_base(root / "base", target, common, repos, dataset)
@@ -283,6 +293,45 @@ def export(
     with staged_dir(out) as tmp:
         write(tmp)
     return plan, Path(out)
+
+
+def _catalog(target, data: str | None):
+    """The dataset (``--data``, else the one the target was trained from) after checking it is the target's
+    catalog, and its token map."""
+    from .data import load_dataset
+
+    path = data or target.meta.train.get("data")
+    if not path or not Path(path).exists():
+        raise ExportError(
+            "--data: the dataset the target was trained on is needed (its catalog ships in the draft repo); "
+            f"{path or 'none is recorded'} is not at hand"
+        )
+    dataset = load_dataset(path)
+    return dataset, target.check_dataset(dataset), target.meta.list_len
+
+
+def _write_engine(folder: Path, catalog) -> None:
+    """``custom_generate/`` (padrec's engine as a transformers recipe), ``catalog.safetensors`` (every item's
+    code token ids, separator, EOS, list length: what the recipe reads) and ``catalog.json`` (item → code tokens,
+    LC-Rec's ``index.json`` format)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from . import engine
+
+    dataset, token_map, list_len = catalog
+    source = Path(engine.__file__).parent
+    (folder / "custom_generate").mkdir()
+    for name, dest in ENGINE_FILES.items():
+        shutil.copyfile(source / name, folder / "custom_generate" / dest)
+    tables = {
+        "item_token_ids": token_map.item_ids(dataset.index).to(torch.int32),
+        "sep_token_id": torch.tensor(token_map.sep_id),
+        "eos_token_id": torch.tensor(token_map.eos_id),
+        "list_len": torch.tensor(list_len),
+    }
+    save_file(tables, folder / "catalog.safetensors", metadata={"format": "pt"})
+    (folder / "catalog.json").write_text(json.dumps(dataset.index.to_json()) + "\n")
 
 
 def _read_json(path: Path) -> dict:

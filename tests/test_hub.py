@@ -16,6 +16,7 @@ from isolated import run_isolated
 from modeling_padrec.bench import BenchConfig, run_bench
 from modeling_padrec.cli import main
 from modeling_padrec.data import load_dataset
+from modeling_padrec.decoding import Recommender
 from modeling_padrec.draft import load_draft, new_draft
 from modeling_padrec.hub import ExportError, export, push
 from modeling_padrec.target import load_target
@@ -56,7 +57,15 @@ def test_export_writes_complete_repos_with_safetensors_only(exported):
     assert manifest["repos"] == REPOS
     draft = {p.name for p in (exported / "draft").iterdir()}
     assert draft == {"README.md", "config.json", "configuration_padrec_draft.py", "modeling_padrec_draft.py",
-                     "model.safetensors", "generation_config.json"}  # fmt: skip
+                     "model.safetensors", "generation_config.json", "custom_generate", "catalog.safetensors",
+                     "catalog.json"}  # fmt: skip
+    recipe = exported / "draft" / "custom_generate"
+    assert {p.name for p in recipe.iterdir()} == {"generate.py", "trie.py", "scoring.py", "acceptance.py",
+                                                  "proposers.py", "tree.py", "loop.py"}  # fmt: skip
+    for path in recipe.iterdir():  # remote code: torch, transformers and each other only
+        imports = re.findall(r"^(?:from|import) ([\w.]+)", path.read_text(), re.M)
+        assert {i.split(".")[0] for i in imports} <= {"torch", "transformers", "", "__future__", "time",
+                                                      "dataclasses"}, (path, imports)  # fmt: skip
     config = json.loads((exported / "draft" / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_padrec_draft.PadRecDraftModel"
     target = {p.name for p in (exported / "target").iterdir()}
@@ -219,6 +228,8 @@ print(json.dumps({
     "draft_module": type(draft).__module__,
     "target_class": type(target).__name__,
     "lossless": bool(torch.equal(fast, plain)),
+    "output_ids": fast[0, inputs["input_ids"].shape[1]:].tolist(),
+    "prompt_ids": inputs["input_ids"][0].tolist(),
     "decoded": out.getvalue().strip(),
     "blocked": "modeling_padrec" not in [m for m in sys.modules if sys.modules[m] is not None],
 }))
@@ -230,7 +241,9 @@ def _card_snippet(exported: Path) -> str:
     return text.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_load_by_repo_id_through_an_offline_cache_in_a_process_without_padrec(tmp_path, exported):
+def test_load_by_repo_id_through_an_offline_cache_in_a_process_without_padrec(
+    tmp_path, exported, tiny_target, synthetic_dir
+):
     home = fake_hub_cache(exported, tmp_path / "hf_home", REPOS)
     snippet = _card_snippet(exported)
     assert f'"{REPO}"' in snippet and f'"{REPOS["target"]}"' in snippet
@@ -238,6 +251,13 @@ def test_load_by_repo_id_through_an_offline_cache_in_a_process_without_padrec(tm
     assert result["draft_module"].startswith("transformers_modules.")
     assert result["lossless"] and result["blocked"] and "<|sep|>" in result["decoded"]
     assert any((tmp_path / "hf_modules").rglob("modeling_padrec_draft.py"))
+    assert any((tmp_path / "hf_modules").rglob("custom_generate/generate.py")) or any(
+        (tmp_path / "hf_modules").rglob("tree.py")
+    )
+    # the recipe's lists are padrec's engine's, token for token
+    target = load_target(tiny_target)
+    rec = Recommender(target, load_dataset(synthetic_dir))
+    assert result["output_ids"] == rec.engine().generate(result["prompt_ids"]).output_ids
 
 
 def test_load_from_the_exported_folders_in_a_process_without_padrec(tmp_path, exported):
@@ -270,4 +290,48 @@ def test_readme_hub_section_is_the_card_snippet():
     section = readme.split("## Use from the Hub", 1)[1]
     shown = section.split("```python\n", 1)[1].split("```", 1)[0].rstrip("\n")
     prompt = re.search(r'^prompt = "(.*)"$', shown, re.M).group(1)
-    assert shown == usage_snippet(REPO, REPOS["target"], prompt, 60)
+    assert shown == usage_snippet(REPO, REPOS["target"], prompt)
+
+
+CATALOG_SCRIPT = r"""
+import json, sys
+import torch
+sys.modules["modeling_padrec"] = None
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoModel
+from transformers.modeling_utils import load_state_dict
+from transformers.utils import cached_file
+
+repo, target_repo, prompt = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+target = AutoPeftModelForCausalLM.from_pretrained(target_repo).eval()
+draft = AutoModel.from_pretrained(repo, trust_remote_code=True)
+items = load_state_dict(cached_file(repo, "catalog.safetensors"))["item_token_ids"].long()
+taken = {tuple(r) for r in items.tolist()}
+new = next([*items[0, :-1].tolist(), t] for t in items[:, -1].unique().tolist() if (*items[0, :-1].tolist(), t) not in taken)
+ids = torch.tensor([prompt])
+engine = dict(custom_generate=repo, trust_remote_code=True, assistant_model=draft)
+out = {"extended": target.generate(ids, **engine, catalog=torch.cat([items, torch.tensor([new])]))[0].tolist(),
+       "same": target.generate(ids, **engine)[0].tolist()}
+for name, bad in (("swapped", items[[1, 0, *range(2, len(items))]]), ("fewer", items[:-1])):
+    try:
+        target.generate(ids, **engine, catalog=bad)
+        out[name] = "accepted"
+    except ValueError as e:
+        out[name] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_a_new_catalog_at_call_time_is_checked(tmp_path, exported):
+    home = fake_hub_cache(exported, tmp_path / "hf_home", REPOS)
+    catalog = json.loads((exported / "draft" / "catalog.json").read_text())
+    assert len(catalog) > 2 and all(t.startswith("<a_") for t in (v[0] for v in catalog.values()))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(exported / "target")
+    prompt = tokenizer("<s>" + "".join(catalog["0"]) + "<|rec|>", add_special_tokens=False)["input_ids"]
+    result = run_isolated(CATALOG_SCRIPT, [REPO, REPOS["target"], json.dumps(prompt)], tmp_path,
+                          extra_env={"HF_HOME": str(home)})  # fmt: skip
+    assert result["extended"][: len(prompt)] == prompt and len(result["extended"]) > len(prompt)
+    for name in ("swapped", "fewer"):
+        assert result[name].startswith("catalog: not the catalog the model was trained on"), result[name]
