@@ -100,6 +100,9 @@ def evaluation_markdown(report: dict | None, method: str | None, report_path: st
         )
     hw, cfg = report["hardware"], report["config"]
     m = report["methods"][method]
+    source = m.get("source")
+    mine = [n for n, row in report["methods"].items() if row.get("kind") == "engine" and source
+            and row.get("source") == source]  # fmt: skip
     device = hw["device"] + (f" ({hw['gpu']})" if "gpu" in hw else "")
     lines = [
         f"From a `padrec bench` report (`{Path(report_path).name}`): {cfg['measured_requests']} "
@@ -108,15 +111,20 @@ def evaluation_markdown(report: dict | None, method: str | None, report_path: st
         f"{hw['cpu_count']} CPUs, {hw['torch_threads']} torch threads, device {device}, torch {hw['torch']}, "
         f"transformers {hw['transformers']}.",
         "",
-        f"This draft is the method `{method}`, drafting {m['depth']} tokens per round. speedup = median over "
-        "requests of AR latency ÷ this method's latency (p10–p90 in brackets); τ = tokens per target forward; "
-        "identical = share of requests whose output equals plain greedy decoding.",
+        f"This draft through stock assisted generation is the method `{method}` ({m['depth']} tokens per round)"
+        + (
+            "; through padrec's engine (what `custom_generate` runs) " + " and ".join(f"`{n}`" for n in mine)
+            if mine
+            else ""
+        )
+        + ". speedup = median over requests of AR latency ÷ the method's latency (p10–p90 in brackets); τ = tokens "
+        "per target forward; identical = share of requests whose output equals plain greedy decoding.",
         "",
         "| method | speedup | p10 | p90 | latency ms (median) | τ | identical | R@10 | N@10 | draft ms / step |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in report["methods"].items():
-        label = f"**{name}** (this draft)" if name == method else name
+        label = f"**{name}** (this draft)" if name == method or name in mine else name
         lines.append(
             f"| {label} | {row['speedup']} | {row['speedup_p10']} | {row['speedup_p90']} "
             f"| {row['latency_ms_median']} | {row['tau']} | {row['identical']} | {row['recall@10']} "

@@ -67,3 +67,30 @@ def test_quickstart_runs_on_repos_loaded_by_id(tmp_path, monkeypatch, tiny_targe
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "identical: True" in text and "median speedup" in text and "identical: False" not in text
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_quickstart_runs_as_shipped_after_the_demo(tmp_path, monkeypatch, tiny_target, synthetic_dir):
+    """A newcomer's path: `make demo` wrote runs/demo/ (target, draft-padrec, data); the notebook is opened from
+    notebooks/ with nothing set in the environment."""
+    demo = tmp_path / "repo" / "runs" / "demo"
+    demo.mkdir(parents=True)
+    (demo / "target").symlink_to(tiny_target)
+    (demo / "data").symlink_to(synthetic_dir)
+    target = load_target(tiny_target)
+    new_draft(target, target.check_dataset(load_dataset(synthetic_dir)), depth=3).save_pretrained(
+        demo / "draft-padrec"
+    )
+    (tmp_path / "repo" / "notebooks").mkdir()
+    for name in ("PADREC_TARGET", "PADREC_DRAFT", "PADREC_DATA", "PADREC_USERS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = execute("quickstart.ipynb", tmp_path / "repo" / "notebooks")
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "identical: True" in text and "identical: False" not in text
+
+
+def test_quickstart_says_what_to_run_first(tmp_path, monkeypatch):
+    for name in ("PADREC_TARGET", "PADREC_DRAFT", "PADREC_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(Exception, match="run `make demo`"):
+        execute("quickstart.ipynb", tmp_path)
