@@ -117,6 +117,7 @@ def cmd_train_target(args) -> int:
             max_steps=args.max_steps,
             batch_size=args.batch_size,
             seed=args.seed,
+            fit_splits=args.fit_splits,
         )
     )
     if int(os.environ.get("RANK", "0")) == 0:
@@ -246,6 +247,11 @@ def cmd_evaluate(args) -> int:
     from .hardware import hardware_info
 
     rec, users = _recommender(args)
+    if args.split == "valid" and rec.target.meta.train.get("fit_splits") == "train+valid":
+        raise PadrecError(
+            f"--split valid: the target {args.target} was trained on the validation interactions "
+            "(--fit-splits train+valid); evaluate it on the test split"
+        )
     with tqdm(total=len(users), desc="evaluate", disable=not sys.stderr.isatty()) as bar:
         lists = rec.recommend_batch(users, args.split, batch_size=args.batch_size, progress=bar)
     report = evaluate_lists(lists, rec.dataset, args.split, rec.list_len)
@@ -488,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=_positive, help="steps of each training stage (default: the preset's)")
     t.add_argument("--batch-size", type=_positive, default=16)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--fit-splits",
+        choices=["train", "train+valid"],
+        default="train",
+        help="learn from the training split, or from training + validation interactions (the validation split "
+        "can then not be evaluated)",
+    )
     t.set_defaults(func=cmd_train_target)
 
     for name, func, helptext in (

@@ -247,12 +247,34 @@ class TargetTrainArgs:
     lora_r: int = 16
     seed: int = 0
     save_every: int = 200
+    fit_splits: str = (
+        "train"  # "train+valid": also learn from the validation period (then not for evaluation)
+    )
 
     def stage_steps(self, preset: str | None) -> tuple[int, int]:
         pre, lora = DEFAULT_STEPS.get(preset, DEFAULT_STEPS[None])
         if self.max_steps is not None:
             pre, lora = (self.max_steps if pre else 0), self.max_steps
         return pre, lora
+
+
+FIT_SPLITS = ("train", "train+valid")
+
+
+def fit_dataset(dataset, fit_splits: str):
+    """The dataset whose ``train`` sequences the target learns from: the training split, or each user's training
+    then validation interactions (a time split's most recent period before the test; the cut between the two
+    is then a "history → the next period's items" example, the test's own form)."""
+    from dataclasses import replace
+
+    from .errors import PadrecError
+
+    if fit_splits not in FIT_SPLITS:
+        raise PadrecError(f"--fit-splits must be one of {', '.join(FIT_SPLITS)}, got {fit_splits!r}")
+    if fit_splits == "train":
+        return dataset
+    train = {u: list(s) + list(dataset.valid.get(u, [])) for u, s in dataset.train.items()}
+    return replace(dataset, train=train)
 
 
 def train_target(args: TargetTrainArgs, accelerator=None) -> Path:
@@ -268,7 +290,7 @@ def train_target(args: TargetTrainArgs, accelerator=None) -> Path:
 
     accelerator = accelerator or Accelerator()
     set_seed(args.seed)
-    dataset = load_dataset(args.data)
+    dataset = fit_dataset(load_dataset(args.data), args.fit_splits)
     preset = args.base if is_preset(args.base) else None
     model, tokenizer, new_ids = load_base(args.base, dataset.index, seed=args.seed)
     tm = TokenMap.from_tokenizer(tokenizer, dataset.index, vocab_size=model.config.vocab_size)

@@ -201,3 +201,58 @@ def test_two_process_cpu_launch(synthetic_dir, dataset, tmp_path):
     rec = Recommender(load_target(out), dataset)
     r = rec.recommend(dataset.eval_users("test")[0])
     assert len(r.items) == 3 == len(set(r.items)) and None not in r.items
+
+
+def test_fit_on_train_and_valid_learns_the_next_period(synthetic_dir, tmp_path, capsys):
+    from modeling_padrec.cli import main
+    from modeling_padrec.data import load_dataset
+    from modeling_padrec.errors import PadrecError
+    from modeling_padrec.training import fit_dataset
+
+    dataset = load_dataset(synthetic_dir)
+    assert fit_dataset(dataset, "train") is dataset
+    fitted = fit_dataset(dataset, "train+valid")
+    user = next(u for u in dataset.users if dataset.valid.get(u))
+    assert fitted.train[user] == dataset.train[user] + dataset.valid[user]
+    assert fitted.test == dataset.test and fitted.index is dataset.index
+    # the history -> next-period example is among the list-wise cuts
+    from modeling_padrec.examples import ItemEncoder, ListwiseExamples
+    from modeling_padrec.target import load_base
+    from modeling_padrec.tokenization import TokenMap
+
+    model, tokenizer, _ = load_base("qwen2-tiny", dataset.index)
+    enc = ItemEncoder(
+        TokenMap.from_tokenizer(tokenizer, dataset.index, vocab_size=model.config.vocab_size), dataset
+    )
+    cuts = set(ListwiseExamples(fitted, enc).cuts)
+    assert (user, len(dataset.train[user])) in cuts
+    with pytest.raises(PadrecError, match="fit-splits"):
+        fit_dataset(dataset, "everything")
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "train-target",
+                "--data",
+                str(synthetic_dir),
+                "--out",
+                str(tmp_path / "t"),
+                "--fit-splits",
+                "all",
+            ]
+        )
+
+
+def test_a_target_fit_on_valid_is_not_evaluated_on_valid(tiny_target, synthetic_dir, tmp_path, capsys):
+    import shutil
+
+    from modeling_padrec.cli import main
+
+    target = tmp_path / "target"
+    shutil.copytree(tiny_target, target)
+    meta = json.loads((target / "padrec_target.json").read_text())
+    meta["train"]["fit_splits"] = "train+valid"
+    (target / "padrec_target.json").write_text(json.dumps(meta))
+    args = ["evaluate", "--target", str(target), "--data", str(synthetic_dir), "--users", "2"]
+    assert main([*args, "--split", "valid"]) == 2
+    assert "trained on the validation interactions" in capsys.readouterr().err
+    assert main([*args, "--split", "test"]) == 0
