@@ -411,6 +411,7 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         compute_logits: bool = True,
         position_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        tables: dict | None = None,
     ) -> PadRecDraftOutput:
         """``forward`` for new positions of one sequence after ``cache`` (inference only), in far fewer ops.
 
@@ -419,8 +420,9 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         ``(1, 1, m, cache + m)`` (True = attend): the nodes of one level of a draft tree. The same weights and the
         same function, rearranged: the fused input's token half, the item-slot signal and the step embedding are
         per-token constants read from tables; q/k/v and gate/up run as one matmul each; rotary angles come from a
-        table. The tables are rebuilt whenever a weight changes. Results equal ``forward``'s up to float
-        rounding."""
+        table. The tables are rebuilt whenever a weight changes; a caller stepping many times with unchanged
+        weights passes ``tables=draft.decode_tables(device)`` to skip that check. Results equal ``forward``'s up to
+        float rounding."""
         past, m = cache.get_seq_length(), input_ids.shape[-1]
         positions = (
             position_ids.reshape(-1)
@@ -430,7 +432,7 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         if int(positions.max()) >= self.config.max_position_embeddings or (m > 1 and attention_mask is None):
             return self(input_ids, target_features, step_ids=step, position_ids=positions[None],
                         attention_mask=attention_mask, cache=cache, compute_logits=compute_logits)  # fmt: skip
-        t = self._decode_tables(input_ids.device)
+        t = tables if tables is not None else self.decode_tables(input_ids.device)
         cfg = self.config
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         row = t["rows"][input_ids.reshape(-1)]
@@ -466,7 +468,8 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         logits = self.head_logits(hidden) if compute_logits else None
         return PadRecDraftOutput(features=hidden, logits=logits, cache=cache)
 
-    def _decode_tables(self, device) -> dict:
+    def decode_tables(self, device) -> dict:
+        """The per-token constants and fused weights :meth:`decode_step` reads, rebuilt when a weight changed."""
         params = (self.fc.weight, self.embed_tokens.weight, self.layer.self_attn.q_proj.weight,
                   self.layer.self_attn.k_proj.weight, self.layer.self_attn.v_proj.weight,
                   self.layer.self_attn.q_proj.bias, self.layer.self_attn.k_proj.bias, self.layer.self_attn.v_proj.bias,

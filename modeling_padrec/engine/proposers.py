@@ -96,7 +96,10 @@ class DraftProposer:
         rows = torch.full((draft.config.vocab_size,), -1, dtype=torch.long)
         rows[ids] = torch.arange(len(ids))
         self.rows = rows.to(self.device)  # target id → column of the draft's head (-1: not in it)
-        self.fused = callable(getattr(draft, "decode_step", None))
+        self.fused = callable(getattr(draft, "decode_step", None)) and callable(
+            getattr(draft, "decode_tables", None)
+        )
+        self.tables = None
         self.reset()
 
     def reset(self) -> None:
@@ -116,7 +119,9 @@ class DraftProposer:
     def _step(self, token: int, feature: torch.Tensor, step: int, logits: bool):
         ids = torch.tensor([[token]], device=self.device)
         if self.fused:  # the draft's one-token fast path: the same function in fewer ops
-            out = self.draft.decode_step(ids, feature, step, self.cache, compute_logits=logits)
+            out = self.draft.decode_step(
+                ids, feature, step, self.cache, compute_logits=logits, tables=self.tables
+            )
         else:
             out = self.draft(ids, feature, step_ids=step, cache=self.cache, compute_logits=logits)
         return out.features[:, -1:], (out.logits[0, -1] if logits else None)
@@ -127,6 +132,8 @@ class DraftProposer:
         the forced run). Returns the feature predicting the next token, its logits (None when there were waiting
         tokens: computed on demand), and the draft step the next position takes."""
         known = self.known
+        # the fast path's tables, checked against the weights once per round rather than once per step
+        self.tables = self.draft.decode_tables(self.device) if self.fused else None
         features = torch.cat(self.pending, dim=1) if len(self.pending) > 1 else self.pending[0]
         self.pending = []
         if known + features.shape[1] != committed or len(sequence) <= committed:

@@ -100,6 +100,7 @@ class TreeProposer(DraftProposer):
         self._slot: list[int] = []  # draft cache index once stepped, else -1
         self._feature: list[torch.Tensor | None] = []
         self._steps = 0
+        self._stepped = 0  # tree nodes in the draft cache
         root = _Branch(-1, -1, state.copy(), 0.0, None, True)
         branches: list[_Branch] = []
         frontier, drawn, level_seconds = [root], 0, []
@@ -190,44 +191,44 @@ class TreeProposer(DraftProposer):
     def _step_nodes(self, nodes: list[int], root_feature: torch.Tensor) -> None:
         """One draft forward over ``nodes`` (each reads its parent's predicted feature)."""
         inputs = [root_feature if self._par[n] < 0 else self._feature[self._par[n]] for n in nodes]
-        stepped = [n for n, s in enumerate(self._slot) if s >= 0]
-        if len(nodes) == 1 and all(self._is_ancestor(s, nodes[0]) for s in stepped):
+        ancestors = [self._ancestor_slots(n) for n in nodes]
+        if len(nodes) == 1 and len(ancestors[0]) == self._stepped:
             # a single path: the draft's one-token fast path sees exactly the node's ancestors
             node = nodes[0]
             self._slot[node] = self.known
             step = self._root_step + self._depth[node]
             self._feature[node], _ = self._step(self._tok[node], inputs[0], step, logits=False)
             self._steps += 1
+            self._stepped += 1
             return
         past = self.known
         mask = torch.zeros(1, 1, len(nodes), past + len(nodes), dtype=torch.bool)
         mask[..., : self._base] = True
-        for row, node in enumerate(nodes):
-            a = self._par[node]
-            while a >= 0:
-                mask[0, 0, row, self._slot[a]] = True
-                a = self._par[a]
-            mask[0, 0, row, past + row] = True
+        rows = [row for row, slots in enumerate(ancestors) for _ in range(len(slots) + 1)]
+        cols = [c for row, slots in enumerate(ancestors) for c in (*slots, past + row)]
+        mask[0, 0, rows, cols] = True
         depth = torch.tensor([[self._depth[n] for n in nodes]], device=self.device)
         ids = torch.tensor([[self._tok[n] for n in nodes]], device=self.device)
         args = (ids, torch.cat(inputs, dim=1))
         kwargs = dict(position_ids=self._base + depth, attention_mask=mask.to(self.device), cache=self.cache,
                       compute_logits=False)  # fmt: skip
         if self.fused:  # the draft's fast path, several tokens under the tree mask
-            out = self.draft.decode_step(*args, self._root_step + depth, **kwargs)
+            out = self.draft.decode_step(*args, self._root_step + depth, tables=self.tables, **kwargs)
         else:
             out = self.draft(*args, step_ids=self._root_step + depth, **kwargs)
         for row, node in enumerate(nodes):
             self._slot[node] = past + row
             self._feature[node] = out.features[:, row : row + 1]
         self._steps += 1
+        self._stepped += len(nodes)
 
-    def _is_ancestor(self, a: int, node: int) -> bool:
-        while node >= 0:
-            node = self._par[node]
-            if node == a:
-                return True
-        return False
+    def _ancestor_slots(self, node: int) -> list[int]:
+        """Draft-cache slots of ``node``'s ancestors below the root (every one is stepped before it)."""
+        slots, a = [], self._par[node]
+        while a >= 0:
+            slots.append(self._slot[a])
+            a = self._par[a]
+        return slots
 
     # ------------------------------------------------------------------ the proposal
 
