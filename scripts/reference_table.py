@@ -4,7 +4,8 @@
 
 reads ``runs/ref/<dataset>/eval-all.json`` (all test users), ``eval-500.json`` (first 500, for the collapse
 check) and ``target/train_log.jsonl`` (training wall time), and rewrites the block between
-``<!-- reference-table:start -->`` and ``<!-- reference-table:end -->`` in README.md.
+``<!-- reference-table:start -->`` and ``<!-- reference-table:end -->`` in README.md; rows of datasets with no
+reports on this machine are kept as published.
 """
 
 from __future__ import annotations
@@ -24,8 +25,20 @@ def train_minutes(log: Path) -> float:
     return sum(last.values()) / 60
 
 
-def render(runs: Path) -> str:
-    rows, hardware = [], None
+def published_rows(block: str) -> dict[str, str]:
+    """Rows already in the README's table, by dataset (kept for datasets this machine has no reports for)."""
+    rows = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] not in ("dataset",) and not cells[0].startswith("---"):
+            if len(cells) == 12:  # a row from before the "fit on" column: those targets learned from train
+                cells.append("train")
+            rows[cells[0]] = "| " + " | ".join(cells) + " |"
+    return rows
+
+
+def render(runs: Path, published: dict[str, str] | None = None) -> str:
+    rows, hardware = dict(published or {}), None
     for folder in sorted(p for p in runs.iterdir() if (p / "eval-all.json").is_file()):
         full = json.loads((folder / "eval-all.json").read_text())
         first = json.loads((folder / "eval-500.json").read_text())
@@ -34,16 +47,16 @@ def render(runs: Path) -> str:
         steps = f"{meta['train']['pretrain_steps']} + {meta['train']['lora_steps']}"
         minutes = train_minutes(folder / "target" / "train_log.jsonl")
         mp = full["mostpop"]
-        rows.append(
+        rows[folder.name] = (
             f"| {folder.name} | {full['users']} | {full['recall@5']:.4f} | {full['recall@10']:.4f} "
             f"| {full['ndcg@5']:.4f} | {full['ndcg@10']:.4f} | {mp['recall@10']:.4f} | {mp['ndcg@10']:.4f} "
             f"| {full['valid_item_rate']:.3f} | {first['distinct_first_items']} / {first['users']} "
-            f"| {steps} | {minutes:.0f} |"
+            f"| {steps} | {minutes:.0f} | {meta['train'].get('fit_splits', 'train')} |"
         )
     head = (
         "| dataset | test users | R@5 | R@10 | N@5 | N@10 | MostPop R@10 | MostPop N@10 | valid_item_rate "
-        "| distinct first items | steps (pretrain + LoRA) | train min |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| distinct first items | steps (pretrain + LoRA) | train min | fit on |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     hw = ""
     if hardware:
@@ -51,7 +64,7 @@ def render(runs: Path) -> str:
             f"\n\nMeasured on {hardware['cpu']} ({hardware['cpu_count']} cores, torch {hardware['torch']}, "
             f"transformers {hardware['transformers']}, device {hardware['device']})."
         )
-    return head + "\n" + "\n".join(rows) + hw
+    return head + "\n" + "\n".join(rows[k] for k in sorted(rows)) + hw
 
 
 def main(readme: str, runs: str) -> int:
@@ -61,8 +74,8 @@ def main(readme: str, runs: str) -> int:
         print(f"{path}: no {START} ... {END} block", file=sys.stderr)
         return 2
     before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    path.write_text(f"{before}{START}\n{render(Path(runs))}\n{END}{after}")
+    block, after = rest.split(END, 1)
+    path.write_text(f"{before}{START}\n{render(Path(runs), published_rows(block))}\n{END}{after}")
     return 0
 
 
