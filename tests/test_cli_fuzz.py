@@ -111,64 +111,14 @@ def run_clean_failure(argv: list[str], capsys, out: Path | None = None) -> str:
 
 def _commands(target, data, draft, out):
     """Every command that reads a target (and a draft), writing under ``out`` where it writes at all."""
+    reads = ["--target", target, "--data", data]
+    users = [*reads, "--users", 2]
     return {
-        "recommend": [
-            "recommend",
-            "--target",
-            target,
-            "--data",
-            data,
-            "--users",
-            2,
-            "--stats",
-            out / "stats.json",
-        ],
-        "recommend --draft": [
-            "recommend",
-            "--target",
-            target,
-            "--data",
-            data,
-            "--users",
-            2,
-            "--draft",
-            draft,
-        ],
-        "evaluate": [
-            "evaluate",
-            "--target",
-            target,
-            "--data",
-            data,
-            "--users",
-            2,
-            "--out",
-            out / "eval.json",
-        ],
-        "bench": [
-            "bench",
-            "--target",
-            target,
-            "--data",
-            data,
-            "--users",
-            2,
-            "--draft",
-            draft,
-            "--out",
-            out / "bench",
-        ],
-        "train-draft": [
-            "train-draft",
-            "--target",
-            target,
-            "--data",
-            data,
-            "--out",
-            out / "draft",
-            "--max-steps",
-            1,
-        ],
+        "recommend": ["recommend", *users, "--stats", out / "stats.json"],
+        "recommend --draft": ["recommend", *users, "--draft", draft],
+        "evaluate": ["evaluate", *users, "--out", out / "eval.json"],
+        "bench": ["bench", *users, "--draft", draft, "--out", out / "bench"],
+        "train-draft": ["train-draft", *reads, "--out", out / "draft", "--max-steps", 1],
         "export": [
             "export",
             "--draft",
@@ -180,7 +130,7 @@ def _commands(target, data, draft, out):
             "--out",
             out / "export",
         ],
-        "stamp-catalog": ["stamp-catalog", "--target", target, "--data", data, "--draft", draft],
+        "stamp-catalog": ["stamp-catalog", *reads, "--draft", draft],
     }
 
 
