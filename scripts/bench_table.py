@@ -45,9 +45,10 @@ def publish(runs: Path, results: Path) -> list[Path]:
             if (run / "tree-sweep" / "sweep.png").is_file():
                 shutil.copyfile(run / "tree-sweep" / "sweep.png", tmp / "tree-budget-sweep.png")
             if (run / "bench-merged" / "report.json").is_file():  # make reference-bench MERGE=--merge-lora
-                (tmp / "merged-lora").mkdir()
-                for name in FILES:
-                    shutil.copyfile(run / "bench-merged" / name, tmp / "merged-lora" / name)
+                (tmp / "merged-lora").mkdir(exist_ok=True)
+                for name in FILES + OPTIONAL:
+                    if name in FILES or (run / "bench-merged" / name).is_file():
+                        shutil.copyfile(run / "bench-merged" / name, tmp / "merged-lora" / name)
             card = report.parent.parent / "export" / "draft" / "README.md"
             if card.is_file():  # make reference-export: the draft's model card as rendered
                 shutil.copyfile(card, tmp / "model-card.md")
