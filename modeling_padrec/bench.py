@@ -39,6 +39,7 @@ from .decoding import Recommender
 from .errors import PadrecError
 from .evaluate import ranking_metrics
 from .fileio import check_output_dir, staged_dir
+from .plots import TREE_PLOT, plot_report
 
 REPORT_KEYS = (
     "speedup",
@@ -216,9 +217,8 @@ class TreeSpec:
         depth, budget = self.depth, self.budget
         if budget == "auto":
             split = "valid" if rec.dataset.eval_users("valid") else "test"
-            users = rec.dataset.eval_users(split)[
-                -self.calibration_users - 1 :
-            ]  # not the first (benchmarked)
+            # the last users of the split: the bench measures the first ones
+            users = rec.dataset.eval_users(split)[-self.calibration_users - 1 :]
             bar = None
             if self.progress:
                 from tqdm.auto import tqdm
@@ -387,7 +387,7 @@ def summarize(
     ``engine_depth``: choices drafted per round by an engine method (0: no draft), for the perfect-draft bound."""
     slot_of = rec.token_map.slot_table().tolist()
     levels = rec.token_map.levels
-    slot_names = [rec.token_map.level_letter(lv) for lv in range(levels)] + ["sep", "other"]
+    slot_names = rec.token_map.slot_names()
     ratios = [a.latency_ms / m.latency_ms for a, m in zip(ar_runs, runs, strict=True)]
     latencies = [m.latency_ms for m in runs]
     tokens = sum(len(m.output_ids) for m in runs)
@@ -502,6 +502,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     folder: ``report.json``, ``report.md``, ``requests.jsonl`` and the PNG plots. Returns the report."""
     from tqdm.auto import tqdm
 
+    from .catalog import unseen_note
     from .data import load_dataset
     from .hardware import hardware_info
     from .target import load_target
@@ -512,8 +513,6 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     dataset = load_dataset(cfg.data)
     target = load_target(cfg.target, device=cfg.device, merge_lora=cfg.merge_lora)
     rec = Recommender(target, dataset, list_len=cfg.list_len, engine="generate")  # engine methods pass theirs
-    from .catalog import unseen_note
-
     note = unseen_note(target.unseen_items, f"the target {cfg.target}")
     if note and progress:
         print(note, file=sys.stderr)
@@ -692,7 +691,7 @@ def report_markdown(report: dict) -> str:
         "Plots: [speedup](speedup.png) · [α by step](alpha_by_step.png) · [α by slot](alpha_by_slot.png) · "
         "[latency](latency.png)"
         + (
-            " · [tree confidence by level](tree_confidence.png)"
+            f" · [tree confidence by level]({TREE_PLOT})"
             if any(m.get("calibration") for m in report["methods"].values())
             else ""
         ),
@@ -767,8 +766,6 @@ def tree_markdown(report: dict) -> list[str]:
 
 def write_report(report: dict, runs: dict[str, list[Measurement]], out: Path) -> Path:
     """Render every report file into a staged folder, then move it into place as ``out``."""
-    from .plots import plot_report
-
     with staged_dir(out) as tmp:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(report_markdown(report))

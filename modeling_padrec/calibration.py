@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -56,12 +55,6 @@ class TreeCalibration:
         return out
 
 
-def _clock(device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
 @torch.no_grad()
 def target_cost(engine: Engine, prompt: list[int], sizes: list[int], repeats: int = 5) -> dict[int, float]:
     """Median ms of one target forward over ``n`` new positions (a tree mask, a chain of tokens) after
@@ -82,9 +75,9 @@ def target_cost(engine: Engine, prompt: list[int], sizes: list[int], repeats: in
         positions = torch.arange(past, past + n, device=device)[None]
         times = []
         for _ in range(repeats + 1):
-            t0 = _clock(device)
+            t0 = engine.clock()
             scorer.score(cache, ids, positions, mask)
-            times.append(1000 * (_clock(device) - t0))
+            times.append(1000 * (engine.clock() - t0))
             scorer.keep(cache, past, 0)
         out[n] = statistics.median(times[1:])  # the first is a warm-up
     return out
@@ -252,8 +245,9 @@ def calibrate_tree(
             })  # fmt: skip
     best = max(grid, key=lambda g: (g["choices_per_ms"], -g["budget"]))
     tm = rec.token_map
-    slot_names = [tm.level_letter(lv) for lv in range(tm.levels)] + ["sep", "other"]
-    branching = branching_by_slot(rounds, best["depth"], best["budget"], tm.slot_table().tolist(), slot_names)
+    branching = branching_by_slot(
+        rounds, best["depth"], best["budget"], tm.slot_table().tolist(), tm.slot_names()
+    )
     return TreeCalibration(
         width=width, depth=best["depth"], budget=best["budget"], requests=len(users) - 1, rounds=len(rounds),
         target_ms={k: round(v, 4) for k, v in target_ms.items()}, draft_ms_by_level=[round(d, 4) for d in draft_ms],

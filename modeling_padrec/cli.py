@@ -295,7 +295,7 @@ def recommend_stats(results, token_map, draft, draft_summaries: list[dict]) -> d
     }
     if draft is None:
         return out
-    names = [token_map.level_letter(lv) for lv in range(token_map.levels)] + ["sep", "other"]
+    names = token_map.slot_names()
     reached = [0] * len(names)
     accepted = [0] * len(names)
     by_step: dict[int, list[int]] = {}

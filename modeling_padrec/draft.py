@@ -155,6 +155,8 @@ def _from_pretrained(path: Path) -> PadRecDraftModel:
 
     from safetensors import SafetensorError
 
+    from .errors import first_line
+
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -167,12 +169,7 @@ def _from_pretrained(path: Path) -> PadRecDraftModel:
     try:
         return PadRecDraftModel.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
-        raise PadRecDraftError(f"{path}: cannot load the draft ({_first_line(e)})") from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+        raise PadRecDraftError(f"{path}: cannot load the draft ({first_line(e)})") from None
 
 
 def check_token_map(draft: PadRecDraftModel, token_map: TokenMap) -> None:

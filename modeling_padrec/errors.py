@@ -11,3 +11,9 @@ class DataError(PadrecError):
 
 class TargetError(PadrecError):
     """A target directory is missing, incomplete or does not match the data."""
+
+
+def first_line(error: Exception) -> str:
+    """``Type: first line of the message``: a library's exception folded into one of padrec's one-line errors."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from .data import ItemIndex, RecDataset
-from .errors import TargetError
+from .errors import TargetError, first_line
 from .fileio import staged_dir
 from .tokenization import TokenMap, add_rec_tokens, build_tokenizer
 
@@ -250,10 +250,7 @@ def load_target(path: str | Path, device: str | torch.device = "cpu", merge_lora
             base.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(base, folder)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
-        lines = str(e).strip().splitlines()
-        raise TargetError(
-            f"{folder}: cannot load the target ({type(e).__name__}: {lines[0] if lines else ''})"
-        ) from None
+        raise TargetError(f"{folder}: cannot load the target ({first_line(e)})") from None
     if merge_lora:
         model = model.merge_and_unload()
     model.to(device).eval()

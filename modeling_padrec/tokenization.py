@@ -130,3 +130,7 @@ class TokenMap:
 
     def level_letter(self, level: int) -> str:
         return LEVEL_LETTERS[level]
+
+    def slot_names(self) -> list[str]:
+        """Names of the slots of :meth:`slot_table`: the code levels' letters, ``sep``, ``other``."""
+        return [self.level_letter(lv) for lv in range(self.levels)] + ["sep", "other"]

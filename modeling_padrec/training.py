@@ -247,9 +247,8 @@ class TargetTrainArgs:
     lora_r: int = 16
     seed: int = 0
     save_every: int = 200
-    fit_splits: str = (
-        "train"  # "train+valid": also learn from the validation period (then not for evaluation)
-    )
+    # "train+valid": also learn from the validation period (then not for evaluation)
+    fit_splits: str = "train"
 
     def stage_steps(self, preset: str | None) -> tuple[int, int]:
         pre, lora = DEFAULT_STEPS.get(preset, DEFAULT_STEPS[None])

@@ -4,7 +4,8 @@ benchmark table from the copied ``report.json`` files, so no figure in the READM
     python scripts/bench_table.py README.md runs/ref results
 
 For every ``runs/ref/<dataset>/bench/report.json``: ``report.json``, ``report.md`` and the PNG plots go to
-``results/<dataset>/`` (staged, then moved into place; files of earlier runs that this one did not redo stay), with the same bench on the merged-LoRA model
+``results/<dataset>/`` (staged, then moved into place; files of earlier runs that this one did not redo stay),
+with the same bench on the merged-LoRA model
 (``bench-merged``, ``make reference-bench MERGE=--merge-lora``) in ``merged-lora/`` and the depth sweeps
 (``make depth-sweep``, ``make engine-depth-sweep``) beside them; the block between ``<!-- bench-table:start -->``
 and ``<!-- bench-table:end -->`` in README.md gets one table per dataset and the engine issue's goals checked
@@ -19,10 +20,19 @@ import sys
 from pathlib import Path
 
 from modeling_padrec.fileio import staged_dir
+from modeling_padrec.plots import TREE_PLOT
 
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 FILES = ("report.json", "report.md", "speedup.png", "alpha_by_step.png", "alpha_by_slot.png", "latency.png")
-OPTIONAL = ("tree_confidence.png",)  # draft trees with a calibrated shape
+OPTIONAL = (TREE_PLOT,)  # draft trees with a calibrated shape
+
+
+def copy_report(src: Path, dest: Path) -> None:
+    """A bench folder's report files (the optional ones where the bench wrote them) into ``dest``."""
+    dest.mkdir(exist_ok=True)
+    for name in FILES + OPTIONAL:
+        if name in FILES or (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
 
 
 def publish(runs: Path, results: Path) -> list[Path]:
@@ -33,22 +43,16 @@ def publish(runs: Path, results: Path) -> list[Path]:
         with staged_dir(dest) as tmp:
             if dest.is_dir():  # results of earlier runs this machine did not redo (sweeps, merged LoRA) stay
                 shutil.copytree(dest, tmp, dirs_exist_ok=True)
-            for name in FILES + OPTIONAL:
-                if name in FILES or (report.parent / name).is_file():
-                    shutil.copyfile(report.parent / name, tmp / name)
+            copy_report(report.parent, tmp)
+            # make depth-sweep / engine-depth-sweep / tree-budget-sweep
             for sweep, name in (("sweep", "depth-sweep.md"), ("engine-sweep", "engine-depth-sweep.md"),
                                 ("tree-sweep", "tree-budget-sweep.md")):  # fmt: skip
-                if (
-                    run / sweep / "sweep.md"
-                ).is_file():  # make depth-sweep / engine-depth-sweep / tree-budget-sweep
+                if (run / sweep / "sweep.md").is_file():
                     shutil.copyfile(run / sweep / "sweep.md", tmp / name)
             if (run / "tree-sweep" / "sweep.png").is_file():
                 shutil.copyfile(run / "tree-sweep" / "sweep.png", tmp / "tree-budget-sweep.png")
             if (run / "bench-merged" / "report.json").is_file():  # make reference-bench MERGE=--merge-lora
-                (tmp / "merged-lora").mkdir(exist_ok=True)
-                for name in FILES + OPTIONAL:
-                    if name in FILES or (run / "bench-merged" / name).is_file():
-                        shutil.copyfile(run / "bench-merged" / name, tmp / "merged-lora" / name)
+                copy_report(run / "bench-merged", tmp / "merged-lora")
             card = report.parent.parent / "export" / "draft" / "README.md"
             if card.is_file():  # make reference-export: the draft's model card as rendered
                 shutil.copyfile(card, tmp / "model-card.md")
@@ -143,11 +147,7 @@ def render(results: Path, readme_dir: Path) -> str:
             f"{'s' if hw['torch_threads'] != 1 else ''}), device {hw['device']}. "
             f"[report]({rel}/report.md) · [speedup]({rel}/speedup.png) · [α by step]({rel}/alpha_by_step.png) · "
             f"[α by slot]({rel}/alpha_by_slot.png) · [latency]({rel}/latency.png)"
-            + (
-                f" · [tree confidence]({rel}/tree_confidence.png)"
-                if (folder / "tree_confidence.png").is_file()
-                else ""
-            )
+            + (f" · [tree confidence]({rel}/{TREE_PLOT})" if (folder / TREE_PLOT).is_file() else "")
             + (f" · [model card]({rel}/model-card.md)" if (folder / "model-card.md").is_file() else ""),
             "",
             "| method | speedup (p10–p90) | latency ms median | τ | target fwd / list | perfect-draft fwd "

@@ -97,24 +97,19 @@ def generate(
         raise ValueError("generate: pass input_ids (the prompts, each ending with <|rec|>)")
     attention_mask = kwargs.get("attention_mask")
     draft = assistant_model
-    source = catalog if catalog is None or isinstance(catalog, str) else None
-    if source is None and catalog is None:
-        if draft is None:
-            raise ValueError(
-                "generate: pass assistant_model (a padrec draft) or catalog (its repo id or folder)"
-            )
-        source = draft.name_or_path
-    if isinstance(catalog, str) or catalog is None:
-        tables = load_catalog(source)
-        items = tables["item_token_ids"].long()
-    else:
-        if draft is None:
-            raise ValueError(
-                "generate: a catalog given as token ids is checked against the draft's: pass it too"
-            )
-        tables = load_catalog(draft.name_or_path)
-        items = torch.as_tensor(catalog, dtype=torch.long)
-        check_catalog(tables["item_token_ids"].long(), items, draft.name_or_path)
+    given_ids = catalog is not None and not isinstance(catalog, str)  # token ids, checked against the draft's
+    if draft is None and (catalog is None or given_ids):
+        raise ValueError(
+            "generate: pass assistant_model (a padrec draft), or catalog as its repo id or folder"
+            + (": a catalog given as token ids is checked against the draft's" if given_ids else "")
+        )
+    source = draft.name_or_path if catalog is None or given_ids else catalog
+    tables = load_catalog(source)
+    items = tables["item_token_ids"].long()
+    if given_ids:
+        given = torch.as_tensor(catalog, dtype=torch.long)
+        check_catalog(items, given, source)
+        items = given
     vocab = model.get_output_embeddings().weight.shape[0]
     if int(items.max()) >= vocab or int(items.min()) < 0:
         raise ValueError(f"catalog: token ids outside the model's vocabulary of {vocab}")

@@ -60,9 +60,8 @@ class EngineOutput:
     draft_seconds: float = 0.0
     forward_seconds: float = 0.0
     seconds: float = 0.0
-    trace: list[dict] | None = (
-        None  # per round, with ``generate(..., trace=True)``: see :meth:`Engine.generate`
-    )
+    # per round, with ``generate(..., trace=True)``: see :meth:`Engine.generate`
+    trace: list[dict] | None = None
 
 
 class Engine:
@@ -123,7 +122,8 @@ class Engine:
     def budget(self) -> int | None:
         return getattr(self.proposer, "budget", None)
 
-    def _clock(self) -> float:
+    def clock(self) -> float:
+        """Seconds (perf_counter) once the device has finished its queued work (CUDA is synchronized first)."""
         if self.sync:
             torch.cuda.synchronize()
         return time.perf_counter()
@@ -179,7 +179,7 @@ class Engine:
             raise ValueError("the prompt must hold at least one token (the prompt-end token)")
         limit = settings.max_new_tokens if settings.max_new_tokens is not None else float("inf")
         scorer, proposer, device = self.scorer, self.proposer, self.scorer.device
-        t_start = self._clock()
+        t_start = self.clock()
         out = EngineOutput([], trace=[] if trace else None)
         seq, state = list(prompt), self.trie.start()
         cache, committed = scorer.new_cache(), 0
@@ -202,9 +202,9 @@ class Engine:
             out.draft_steps += proposal.draft_steps
             out.draft_seconds += proposal.draft_seconds
             waiting = len(seq) - committed
-            t0 = self._clock()
+            t0 = self.clock()
             hidden, logits, rows = self._verify(cache, seq, committed, proposal)
-            verify_seconds = self._clock() - t0
+            verify_seconds = self.clock() - t0
             out.forward_seconds += verify_seconds
             out.target_forwards += 1
 
@@ -263,5 +263,5 @@ class Engine:
         if written() > limit:
             generated = generated[: int(limit)]
         out.output_ids = generated
-        out.seconds = self._clock() - t_start
+        out.seconds = self.clock() - t_start
         return out

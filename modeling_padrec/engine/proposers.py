@@ -126,6 +126,14 @@ class DraftProposer:
             out = self.draft(ids, feature, step_ids=step, cache=self.cache, compute_logits=logits)
         return out.features[:, -1:], (out.logits[0, -1] if logits else None)
 
+    def _step_run(self, tokens: list[int], feature: torch.Tensor, logits, steps: int):
+        """Step over decided ``tokens`` one by one (logits only after the last); returns (feature, logits, the
+        next step). With no tokens, ``feature`` and ``logits`` come back as they were."""
+        for i, token in enumerate(tokens):
+            feature, logits = self._step(token, feature, steps, logits=i == len(tokens) - 1)
+            steps += 1
+        return feature, logits, steps
+
     def _catch_up(self, sequence: list[int], committed: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """Bring the draft up to the end of ``sequence``: one forward over the positions the target kept (their
         true features, step 0), then one step per decided token the target has not run yet (the bonus token and
@@ -147,13 +155,8 @@ class DraftProposer:
         out = self.draft(
             inputs, features.to(self.dtype), step_ids=0, cache=self.cache, compute_logits=not waiting
         )  # fmt: skip
-        feature = out.features[:, -1:]
         logits = out.logits[0, -1] if not waiting else None
-        steps = 1
-        for i, token in enumerate(waiting):
-            feature, logits = self._step(token, feature, steps, logits=i == len(waiting) - 1)
-            steps += 1
-        return feature, logits, steps
+        return self._step_run(waiting, out.features[:, -1:], logits, 1)
 
     @torch.no_grad()
     def propose(
@@ -176,9 +179,7 @@ class DraftProposer:
             else:
                 if proposal.choices == self.depth:
                     break
-                for i, tok in enumerate(unstepped):
-                    feature, logits = self._step(tok, feature, steps, logits=i == len(unstepped) - 1)
-                    steps += 1
+                feature, logits, steps = self._step_run(unstepped, feature, logits, steps)
                 unstepped = []
                 if logits is None:
                     logits = self.draft.head_logits(feature)[0, -1]
