@@ -413,53 +413,54 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         tables: dict | None = None,
     ) -> PadRecDraftOutput:
-        """``forward`` for new positions of one sequence after ``cache`` (inference only), in far fewer ops.
+        """``forward`` for new positions after ``cache`` (inference only), in far fewer ops.
 
-        One token (``input_ids`` ``(1, 1)``, positions continuing the cache), or several at once with their own
-        ``position_ids`` ``(1, m)``, draft steps ``step`` ``(1, m)`` and a boolean ``attention_mask``
-        ``(1, 1, m, cache + m)`` (True = attend): the nodes of one level of a draft tree. The same weights and the
-        same function, rearranged: the fused input's token half, the item-slot signal and the step embedding are
+        One token per row (``input_ids`` ``(batch, 1)``, positions continuing the cache), or several with their own
+        ``position_ids`` ``(batch, m)``, draft steps ``step`` (an int or ``(batch, m)``) and a boolean
+        ``attention_mask`` ``(batch, 1, m, cache + m)`` (True = attend): the nodes of one level of a draft tree,
+        or the rows of a batch whose caches hold different numbers of positions. The same weights and the same
+        function, rearranged: the fused input's token half, the item-slot signal and the step embedding are
         per-token constants read from tables; q/k/v and gate/up run as one matmul each; rotary angles come from a
         table. The tables are rebuilt whenever a weight changes; a caller stepping many times with unchanged
         weights passes ``tables=draft.decode_tables(device)`` to skip that check. Results equal ``forward``'s up to
         float rounding."""
-        past, m = cache.get_seq_length(), input_ids.shape[-1]
+        past, (rows, m) = cache.get_seq_length(), input_ids.shape
         positions = (
-            position_ids.reshape(-1)
+            position_ids.reshape(rows, m)
             if position_ids is not None
-            else torch.arange(past, past + m, device=input_ids.device)
+            else torch.arange(past, past + m, device=input_ids.device)[None].expand(rows, m)
         )
         if int(positions.max()) >= self.config.max_position_embeddings or (m > 1 and attention_mask is None):
-            return self(input_ids, target_features, step_ids=step, position_ids=positions[None],
+            return self(input_ids, target_features, step_ids=step, position_ids=positions,
                         attention_mask=attention_mask, cache=cache, compute_logits=compute_logits)  # fmt: skip
         t = tables if tables is not None else self.decode_tables(input_ids.device)
         cfg = self.config
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        row = t["rows"][input_ids.reshape(-1)]
-        feature = target_features.reshape(1, m, -1).to(self.fc.weight.dtype)
+        row = t["rows"][input_ids]
+        feature = target_features.reshape(rows, m, -1).to(self.fc.weight.dtype)
         hidden = F.linear(feature, t["fc_feature"]) + t["token"][row]
         if self.signals.use_step_position:
             gate = torch.sigmoid(self.signals.step_gate(hidden))
             if torch.is_tensor(step):
-                embed = t["step"][step.reshape(-1).clamp(max=self.signals.max_step)]
+                embed = t["step"][step.reshape(rows, m).clamp(max=self.signals.max_step)]
             else:
                 embed = t["step"][min(step, self.signals.max_step)]
             hidden = torch.addcmul(hidden, gate, embed)
         attn, mlp = self.layer.self_attn, self.layer.mlp
         x = _rms_norm(hidden, self.layer.input_layernorm.weight, cfg.rms_norm_eps)
         qkv = F.linear(x, t["qkv_weight"], t["qkv_bias"])
-        qk = qkv[..., : (heads + kv_heads) * head_dim].view(m, heads + kv_heads, head_dim)
+        qk = qkv[..., : (heads + kv_heads) * head_dim].view(rows, m, heads + kv_heads, head_dim)
         first, second = qk.chunk(2, dim=-1)
         qk = qk * t["cos"][positions] + torch.cat((-second, first), dim=-1) * t["sin"][positions]
-        q = qk[:, :heads].transpose(0, 1).unsqueeze(0)  # (1, heads, m, head_dim)
-        k = qk[:, heads:].transpose(0, 1).unsqueeze(0)
-        v = qkv[..., (heads + kv_heads) * head_dim :].view(m, kv_heads, head_dim).transpose(0, 1).unsqueeze(0)
+        q = qk[:, :, :heads].transpose(1, 2)  # (batch, heads, m, head_dim)
+        k = qk[:, :, heads:].transpose(1, 2)
+        v = qkv[..., (heads + kv_heads) * head_dim :].view(rows, m, kv_heads, head_dim).transpose(1, 2)
         keys, values = cache.update(k, v, 0)
         mask = None if attention_mask is None else attention_mask.to(device=q.device, dtype=torch.bool)
         out = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=heads != kv_heads
         )
-        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(1, m, heads * head_dim))
+        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, m, heads * head_dim))
         x = F.rms_norm(
             hidden, (cfg.hidden_size,), self.layer.post_attention_layernorm.weight, cfg.rms_norm_eps
         )

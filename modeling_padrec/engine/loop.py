@@ -30,7 +30,7 @@ from .scoring import TargetScorer
 from .tree import TreeProposer, ancestor_mask, token_depths
 from .trie import CatalogTrie
 
-__all__ = ["Engine", "EngineOutput", "GenerationSettings", "Round"]
+__all__ = ["Engine", "EngineOutput", "GenerationSettings", "Request", "Round"]
 
 
 @dataclass
@@ -147,12 +147,14 @@ class Engine:
             mask[waiting:, committed + waiting :] = ancestor_mask(parents)
             mask = mask[None, None].to(device)
         hidden = scorer.score(cache, ids, positions, mask)
-        has_child = set(parents)
-        nodes = sorted({p for p, c in zip(parents, proposal.choice, strict=True) if c}
-                       | {i for i in range(len(parents)) if i not in has_child} | {-1})  # fmt: skip
+        nodes = verify_nodes(proposal)
         rows = {node: r for r, node in enumerate(nodes)}
         logits = scorer.logits(hidden[0, [waiting + node for node in nodes]])
         return hidden, logits, rows
+
+    def request(self, prompt_ids, generator=None, settings=None, trace: bool = False) -> Request:
+        """A :class:`Request` for ``prompt_ids`` (ids or a ``(1, n)`` tensor) over this engine's catalog."""
+        return Request(self.trie, prompt_ids, settings or self.settings, generator, trace)
 
     @torch.no_grad()
     def generate(
@@ -168,8 +170,59 @@ class Engine:
         the proposal), the proposal's ``parent``, ``choice``, and for trees ``score`` (the draft's cumulative
         log-probability of each node's path), ``level`` and ``level_seconds``; the accepted ``path`` (node
         indices), and ``draft_seconds`` / ``verify_seconds``."""
-        settings = settings or self.settings
-        chooser = Chooser(settings, generator)
+        t_start = self.clock()
+        req = self.request(prompt_ids, generator, settings, trace)
+        scorer, proposer, device = self.scorer, self.proposer, self.scorer.device
+        cache = scorer.new_cache()
+        proposer.reset()
+        while not req.jump():
+            proposal = (
+                proposer.propose(req.seq, req.committed, req.state, req.chooser, req.room())
+                if req.committed
+                else Proposal()  # the prefill has no target features for a draft to read yet
+            )
+            waiting = req.waiting
+            t0 = self.clock()
+            hidden, logits, rows = self._verify(cache, req.seq, req.committed, proposal)
+            verify_seconds = self.clock() - t0
+            path = req.accept(proposal, logits, rows, device)
+            kept = req.commit(proposal, path, verify_seconds)
+            if proposal.is_chain:  # the kept positions are a prefix: a crop
+                scorer.keep(cache, req.committed - kept, kept)
+                proposer.feed(hidden[:, :kept])
+            else:  # a root-to-node path of a tree: gather its positions
+                index = torch.tensor(list(range(waiting)) + [waiting + n for n in path], device=device)
+                scorer.keep(cache, req.committed - kept, index)
+                proposer.feed(hidden[:, index])
+        return req.finish(self.clock() - t_start)
+
+    @torch.no_grad()
+    def generate_batch(self, prompts, batch_size: int = 16, generators=None, settings=None, progress=None):
+        """Decode many requests, ``batch_size`` at a time with continuous batching (:mod:`.batch`); yields
+        ``(index, EngineOutput)`` as each request finishes (not in input order). Each output is the one
+        :meth:`generate` gives that request alone. ``generators``: one per request (sampling), or None."""
+        from .batch import BatchDecoder
+
+        yield from BatchDecoder(self, batch_size).run(prompts, generators, settings, progress)
+
+
+def verify_nodes(proposal: Proposal) -> list[int]:
+    """The proposal nodes whose next-token logits a verification needs, in order: -1 (the last sequence position),
+    every drafted choice's parent and every leaf."""
+    parents = proposal.parents
+    has_child = set(parents)
+    return sorted({p for p, c in zip(parents, proposal.choice, strict=True) if c}
+                  | {i for i in range(len(parents)) if i not in has_child} | {-1})  # fmt: skip
+
+
+class Request:
+    """One list being decoded: its sequence, list state, sampler, output, and how much the target has run.
+
+    The loop around it (:meth:`Engine.generate` for one request, :mod:`.batch` for many) calls :meth:`jump`
+    (the forced run; True once the request is finished), verifies a proposal, :meth:`accept` (the walk) and
+    :meth:`commit`; both loops share every decision made here."""
+
+    def __init__(self, trie: CatalogTrie, prompt_ids, settings: GenerationSettings, generator, trace: bool):
         prompt = (
             prompt_ids[0].tolist()
             if torch.is_tensor(prompt_ids) and prompt_ids.dim() == 2
@@ -177,91 +230,103 @@ class Engine:
         )
         if not prompt:
             raise ValueError("the prompt must hold at least one token (the prompt-end token)")
-        limit = settings.max_new_tokens if settings.max_new_tokens is not None else float("inf")
-        scorer, proposer, device = self.scorer, self.proposer, self.scorer.device
-        t_start = self.clock()
-        out = EngineOutput([], trace=[] if trace else None)
-        seq, state = list(prompt), self.trie.start()
-        cache, committed = scorer.new_cache(), 0
-        proposer.reset()
+        self.prompt, self.seq, self.state = prompt, list(prompt), trie.start()
+        self.chooser = Chooser(settings, generator)
+        self.limit = settings.max_new_tokens if settings.max_new_tokens is not None else float("inf")
+        self.out = EngineOutput([], trace=[] if trace else None)
+        self.committed = 0  # tokens of ``seq`` whose keys and values the target's cache holds
+        self._round: tuple | None = None
 
-        def written() -> int:
-            return len(seq) - len(prompt)
+    @property
+    def written(self) -> int:
+        return len(self.seq) - len(self.prompt)
 
-        while True:
-            run = state.forced_run(limit=None if limit == float("inf") else int(limit - written()))
-            seq += run
-            out.forced_tokens += len(run)
-            if state.done or written() >= limit:
-                break
-            proposal = (
-                proposer.propose(seq, committed, state, chooser, int(min(limit - written(), 1 << 30)))
-                if committed
-                else Proposal()  # the prefill has no target features for a draft to read yet
+    @property
+    def waiting(self) -> int:
+        """Decided tokens the target has not run yet."""
+        return len(self.seq) - self.committed
+
+    @property
+    def finished(self) -> bool:
+        return self.state.done or self.written >= self.limit
+
+    def room(self) -> int:
+        """How many more tokens the list may take."""
+        return int(min(self.limit - self.written, 1 << 30))
+
+    def jump(self) -> bool:
+        """Append the forced run from here; True when the request is finished."""
+        if not self.finished:
+            run = self.state.forced_run(limit=None if self.limit == float("inf") else self.room())
+            self.seq += run
+            self.out.forced_tokens += len(run)
+        return self.finished
+
+    def accept(self, proposal: Proposal, logits: torch.Tensor, rows: dict[int, int], device) -> list[int]:
+        """Walk ``proposal`` from its root over the target's ``logits`` (row ``rows[node]`` follows ``node``):
+        forced tokens are kept as they are; at a choice the target's token (greedy) or the speculative-sampling
+        outcome decides which child (if any) is kept. Returns the kept path (node indices); the token written
+        after it, if any, waits for :meth:`commit`."""
+        children: dict[int, list[int]] = {}
+        for i, p in enumerate(proposal.parents):
+            children.setdefault(p, []).append(i)
+        state, out = self.state, self.out
+        node, path, correction, rejected = -1, [], None, False
+        while not state.done and self.written + len(path) < self.limit:
+            kids = children.get(node, ())
+            if state.forced() is not None:
+                if not kids:
+                    break  # the next round's forced run takes it
+                node = kids[0]
+            else:
+                allowed = state.allowed_tensor(device)
+                out.choices += 1
+                drafted = [proposal.tokens[k] for k in kids]
+                q = proposal.q[kids[0]] if kids else None
+                index, token = self.chooser.accept_among(drafted, q, logits[rows[node]][allowed], allowed)
+                if index is None:
+                    correction, rejected = token, bool(kids)
+                    break
+                node = kids[index]
+            state.advance(proposal.tokens[node])
+            path.append(node)
+        self._round = (correction, rejected)
+        return path
+
+    def commit(self, proposal: Proposal, path: list[int], verify_seconds: float) -> int:
+        """Record the verified round (after :meth:`accept`): the kept path joins the sequence, the target's
+        token after it is written, and the target's cache now holds the waiting tokens and the path. Returns how
+        many positions of the forward were kept (waiting + path)."""
+        (correction, rejected), self._round = self._round, None
+        out, waiting = self.out, self.waiting
+        out.target_forwards += 1
+        out.forward_seconds += verify_seconds
+        out.draft_steps += proposal.draft_steps
+        out.draft_seconds += proposal.draft_seconds
+        if out.trace is not None and proposal.tokens:
+            out.trace.append({
+                "waiting": waiting, "tokens": proposal.tokens, "parent": proposal.parents, "choice": proposal.choice,
+                "score": proposal.score, "level": proposal.level, "level_seconds": proposal.level_seconds,
+                "path": path, "draft_seconds": proposal.draft_seconds, "verify_seconds": verify_seconds,
+            })  # fmt: skip
+        if proposal.tokens:
+            offsets = [i for i, n in enumerate(path) if proposal.choice[n]] + (
+                [len(path)] if rejected else []
             )
-            out.draft_steps += proposal.draft_steps
-            out.draft_seconds += proposal.draft_seconds
-            waiting = len(seq) - committed
-            t0 = self.clock()
-            hidden, logits, rows = self._verify(cache, seq, committed, proposal)
-            verify_seconds = self.clock() - t0
-            out.forward_seconds += verify_seconds
-            out.target_forwards += 1
+            out.rounds.append(Round(self.written, len(proposal.tokens), len(path), offsets))
+        self.seq += [proposal.tokens[n] for n in path]
+        out.forced_tokens += sum(1 for n in path if not proposal.choice[n])
+        self.committed += waiting + len(path)
+        if correction is not None:
+            self.state.advance(correction)
+            self.seq.append(correction)
+        return waiting + len(path)
 
-            # walk the proposal from its root: forced tokens are kept as they are, at a choice the target's
-            # token (greedy) or the speculative-sampling outcome decides which child (if any) is kept
-            children: dict[int, list[int]] = {}
-            for i, p in enumerate(proposal.parents):
-                children.setdefault(p, []).append(i)
-            node, path, correction, rejected = -1, [], None, False
-            while not state.done and written() + len(path) < limit:
-                kids = children.get(node, ())
-                if state.forced() is not None:
-                    if not kids:
-                        break  # the next round's forced run takes it
-                    node = kids[0]
-                else:
-                    allowed = state.allowed_tensor(device)
-                    out.choices += 1
-                    drafted = [proposal.tokens[k] for k in kids]
-                    q = proposal.q[kids[0]] if kids else None
-                    index, token = chooser.accept_among(drafted, q, logits[rows[node]][allowed], allowed)
-                    if index is None:
-                        correction, rejected = token, bool(kids)
-                        break
-                    node = kids[index]
-                state.advance(proposal.tokens[node])
-                path.append(node)
-            if trace and proposal.tokens:
-                out.trace.append({
-                    "waiting": waiting, "tokens": proposal.tokens, "parent": proposal.parents, "choice": proposal.choice,
-                    "score": proposal.score, "level": proposal.level, "level_seconds": proposal.level_seconds,
-                    "path": path, "draft_seconds": proposal.draft_seconds, "verify_seconds": verify_seconds,
-                })  # fmt: skip
-            if proposal.tokens:
-                offsets = [i for i, n in enumerate(path) if proposal.choice[n]] + (
-                    [len(path)] if rejected else []
-                )
-                out.rounds.append(Round(written(), len(proposal.tokens), len(path), offsets))
-            if proposal.is_chain:  # the kept positions are a prefix: a crop
-                kept = waiting + len(path)
-                scorer.keep(cache, committed, kept)
-                proposer.feed(hidden[:, :kept])
-            else:  # a root-to-node path of a tree: gather its positions
-                index = torch.tensor(list(range(waiting)) + [waiting + n for n in path], device=device)
-                scorer.keep(cache, committed, index)
-                proposer.feed(hidden[:, index])
-            seq += [proposal.tokens[n] for n in path]
-            out.forced_tokens += sum(1 for n in path if not proposal.choice[n])
-            committed += waiting + len(path)
-            if correction is not None:
-                state.advance(correction)
-                seq.append(correction)
-            if state.done or written() >= limit:
-                break
-        generated = seq[len(prompt) :]
-        if written() > limit:
-            generated = generated[: int(limit)]
-        out.output_ids = generated
-        out.seconds = self.clock() - t_start
-        return out
+    def finish(self, seconds: float) -> EngineOutput:
+        """The request's output (tokens cut at ``max_new_tokens``) and its cost."""
+        generated = self.seq[len(self.prompt) :]
+        if self.written > self.limit:
+            generated = generated[: int(self.limit)]
+        self.out.output_ids = generated
+        self.out.seconds = seconds
+        return self.out
