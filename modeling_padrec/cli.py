@@ -186,6 +186,10 @@ def _recommender(args):
 def cmd_recommend(args) -> int:
     from tqdm.auto import tqdm
 
+    if args.all:
+        return _recommend_all(args)
+    if args.out or args.batch_size:
+        raise PadrecError("--out and --batch-size belong to whole-split jobs: add --all")
     rec, users = _recommender(args)
     kwargs, draft, engine = {}, None, None
     if args.depth and not args.draft:
@@ -236,6 +240,54 @@ def cmd_recommend(args) -> int:
         if engine is not None:
             stats.update(engine_stats(results, engine.depth))
         write_json_atomic(args.stats, stats, indent=2)
+    return 0
+
+
+def _recommend_all(args) -> int:
+    """``recommend --all``: every user of the split (or the first ``--users``) into a JSON-lines file, batched,
+    resumable, sharded over the processes of ``accelerate launch``."""
+    import time
+
+    from accelerate import Accelerator
+
+    from .jobs import run_job
+
+    if not args.out:
+        raise PadrecError("--all writes one line per user to a file: give --out FILE.jsonl")
+    if args.engine != "engine":
+        raise PadrecError(
+            "--all decodes with padrec's engine in batches; it cannot be used with --engine generate"
+        )
+    for flag, value in (("--tree", args.tree), ("--stats", args.stats), ("--json", args.json)):
+        if value:
+            raise PadrecError(
+                f"{flag} cannot be used with --all (draft trees and per-request reports are batch-1)"
+            )
+    if args.depth and not args.draft:
+        raise PadrecError("--depth needs --draft")
+    accelerator = Accelerator(cpu=_device(args.device) == "cpu")
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        args.device = str(accelerator.device)  # one GPU per process
+    t0 = time.perf_counter()
+    rec, users = _recommender(args)
+    draft = None
+    if args.draft:
+        from .draft import load_draft
+
+        draft = load_draft(args.draft, rec.token_map, device=rec.device, dataset=rec.dataset)
+    engine = rec.engine(draft, args.depth)
+    manifest = {"target": str(args.target), "draft": args.draft, "data": str(args.data), "split": args.split,
+                "list_len": rec.list_len, "depth": engine.depth}  # fmt: skip
+    batch = args.batch_size or 16
+    result = run_job(rec, users, args.split, args.out, engine, batch, manifest, accelerator)
+    if accelerator.is_main_process:
+        seconds = time.perf_counter() - t0
+        print(
+            f"recommend --all: {len(users)} users ({result.resumed} already in {args.out}) in {seconds:.1f} s with "
+            f"{accelerator.num_processes} process(es), batch size {batch}; this process decoded {result.decoded} "
+            f"at {result.users_per_second:.2f} users/s -> {args.out}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -538,12 +590,23 @@ def build_parser() -> argparse.ArgumentParser:
             r.add_argument(
                 "--no-warmup", dest="warmup", action="store_false", help="skip the untimed first request"
             )
+            r.add_argument(
+                "--all",
+                action="store_true",
+                help="a whole-split job: every user (or the first --users) to --out, batched, resumable; runs "
+                "sharded under accelerate launch",
+            )
+            r.add_argument("--out", help="with --all: the JSON-lines file (one line per user, in user order)")
+            r.add_argument(
+                "--batch-size", type=_positive, help="with --all: requests decoded together (default 16)"
+            )
         if name == "evaluate":
             r.add_argument(
                 "--batch-size",
                 type=_positive,
                 default=32,
-                help="users per stock generate batch (--engine generate); the engine decodes one user at a time",
+                help="users decoded together: stock generate batches (--engine generate) or the engine's "
+                "continuous batch",
             )
             r.add_argument("--out", help="also write the report to this JSON file")
         r.set_defaults(func=func)

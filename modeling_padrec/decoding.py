@@ -165,7 +165,11 @@ class Recommender:
         prompt = self.prompt(user, split)
         t0 = time.perf_counter()
         result = engine.generate(prompt)
-        latency = (time.perf_counter() - t0) * 1000
+        return self._from_engine(user, prompt, result, (time.perf_counter() - t0) * 1000, engine.depth)
+
+    def _from_engine(
+        self, user: str, prompt: list[int], result, latency_ms: float, depth: int
+    ) -> Recommendation:
         gen = self.trim(result.output_ids)
         extra = {
             "forced_tokens": result.forced_tokens,
@@ -173,24 +177,34 @@ class Recommender:
             "draft_steps": result.draft_steps,
             "draft_ms": round(1000 * result.draft_seconds, 3),
         }
-        if engine.depth:
+        if depth:
             extra["rounds"] = [r.to_json() for r in result.rounds]
         return Recommendation(
-            user, prompt, gen, self.items(gen), round(latency, 3), result.target_forwards,
+            user, prompt, gen, self.items(gen), round(latency_ms, 3), result.target_forwards,
             1000 * result.forward_seconds, extra,
         )  # fmt: skip
 
+    def recommend_many(
+        self, users: list[str], split: str = "test", engine: Engine | None = None, batch_size: int = 16,
+        progress=None,
+    ):  # fmt: skip
+        """Many users through the engine with continuous batching, ``batch_size`` rows at a time; yields
+        ``(position in users, Recommendation)`` as users finish (not in order). Each list is the one
+        :meth:`recommend` gives that user alone; ``latency_ms`` runs from the user's admission to its end."""
+        engine = engine or self.engine()
+        prompts = [self.prompt(u, split) for u in users]
+        for i, result in engine.generate_batch(prompts, batch_size=batch_size, progress=progress):
+            yield i, self._from_engine(users[i], prompts[i], result, 1000 * result.seconds, engine.depth)
+
     def recommend_batch(self, users: list[str], split: str = "test", batch_size: int = 32, progress=None):
-        """Lists for many users (for evaluation; no per-user timing): with the engine one user at a time, with
-        ``engine="generate"`` in left-padded batches of stock ``generate``."""
+        """Lists for many users (for evaluation; no per-user timing): with the engine in continuous batches of
+        ``batch_size`` rows, with ``engine="generate"`` in left-padded batches of stock ``generate``."""
         out: dict[str, list[int | None]] = {}
         if self.engine_name == "engine":
-            engine = self.engine()
-            for user in users:
-                out[user] = self.items(self.trim(engine.generate(self.prompt(user, split)).output_ids))
-                if progress is not None:
-                    progress.update(1)
-            return out
+            update = progress.update if progress is not None else None
+            for i, r in self.recommend_many(users, split, batch_size=batch_size, progress=update):
+                out[users[i]] = r.items
+            return {u: out[u] for u in users}
         for start in range(0, len(users), batch_size):
             chunk = users[start : start + batch_size]
             batch = left_pad([self.prompt(u, split) for u in chunk], self.token_map.pad_id)
