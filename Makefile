@@ -97,6 +97,34 @@ reference-bench: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.saf
 		--only $(METHODS) $(MERGE) --out $(BENCH_OUT)
 
 # The four drafts and the small-LM assistant through stock generate and the engine (the whole ablation).
+# Throughput against the batch size (padrec bench --throughput): batched stock generate, ar-jf, the PAD-Rec draft's
+# chain (THROUGHPUT_DEPTH choices per round) and its tree at batch size 1, on THROUGHPUT_USERS test users.
+THROUGHPUT_SIZES ?= 1,4,16,64
+THROUGHPUT_USERS ?= 128
+THROUGHPUT_DEPTH ?= 5
+THROUGHPUT_TREE  ?= --tree 6 --tree-width 3 --tree-depth 2
+.PHONY: reference-throughput
+reference-throughput: install $(REF)/draft-padrec/model.safetensors
+	OMP_NUM_THREADS=1 $(BIN)/padrec bench --throughput --target $(REF)/target --data $(SHARED)/$(DATA) \
+		--draft $(REF)/draft-padrec --engine-depth $(THROUGHPUT_DEPTH) $(THROUGHPUT_TREE) \
+		--batch-sizes $(THROUGHPUT_SIZES) --users $(THROUGHPUT_USERS) $(MERGE) --out $(REF)/throughput$(if $(MERGE),-merged)
+
+# A whole-split job (padrec recommend --all) with one process and with two (accelerate launch, gloo on the CPU):
+# JOB_USERS test users (all of them when empty), the PAD-Rec draft's chain, batch size JOB_BATCH. Timings are the
+# jobs' own summary lines, kept in $(REF)/job-*.log; the two outputs must be the same bytes.
+JOB_USERS ?=
+JOB_BATCH ?= 16
+JOB_FLAGS = --target $(REF)/target --data $(SHARED)/$(DATA) --draft $(REF)/draft-padrec --depth $(THROUGHPUT_DEPTH) \
+	--all --batch-size $(JOB_BATCH) $(if $(JOB_USERS),--users $(JOB_USERS))
+.PHONY: reference-job
+reference-job: install $(REF)/draft-padrec/model.safetensors
+	rm -f $(REF)/job-1proc.jsonl* $(REF)/job-2proc.jsonl*
+	OMP_NUM_THREADS=1 $(BIN)/padrec recommend $(JOB_FLAGS) --out $(REF)/job-1proc.jsonl 2>&1 | tail -1 \
+		| tee $(REF)/job-1proc.log
+	OMP_NUM_THREADS=1 $(BIN)/accelerate launch --multi_gpu --num_processes 2 -m modeling_padrec.cli recommend \
+		$(JOB_FLAGS) --out $(REF)/job-2proc.jsonl 2>&1 | tail -1 | tee $(REF)/job-2proc.log
+	cmp $(REF)/job-1proc.jsonl $(REF)/job-2proc.jsonl
+
 .PHONY: reference-ablation-bench
 reference-ablation-bench: install reference-drafts $(REF)/assistant/model.safetensors
 	$(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) --users $(EVAL_USERS) --depth $(BENCH_DEPTH) \
@@ -110,6 +138,7 @@ reference-run: reference-target reference-bench
 
 reference-results: install
 	$(BIN)/python scripts/bench_table.py README.md runs/ref results
+	$(BIN)/python scripts/throughput_table.py README.md runs/ref results
 
 # The Hub repos of a dataset's reference PAD-Rec draft and target, cards filled from its bench report
 # (nothing is uploaded; add PUSH=--push to upload).

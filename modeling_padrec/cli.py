@@ -384,13 +384,17 @@ def recommend_stats(results, token_map, draft, draft_summaries: list[dict]) -> d
 def cmd_bench(args) -> int:
     from .bench import BenchConfig, TreeSpec, report_markdown, run_bench
 
+    if args.throughput:
+        return _bench_throughput(args)
+    if args.batch_sizes or args.repeats:
+        raise PadrecError("--batch-sizes and --repeats belong to the throughput benchmark: add --throughput")
     cfg = BenchConfig(
         target=args.target,
         data=args.data,
         drafts=list(args.draft),
         assistant=args.assistant,
         split=args.split,
-        users=args.users,
+        users=args.users or 300,
         list_len=args.list_len,
         warmup=args.warmup,
         depth=args.depth,
@@ -413,6 +417,41 @@ def cmd_bench(args) -> int:
         _print_json(report)
     else:
         print(report_markdown(report))
+        print(f"report: {Path(args.out) / 'report.md'}" if args.out else "(no --out: nothing written)")
+    return 0
+
+
+def _bench_throughput(args) -> int:
+    from .throughput import ThroughputConfig, run_throughput, throughput_markdown
+
+    for flag, value in (("--assistant", args.assistant), ("--lookup-tokens", args.lookup_tokens),
+                        ("--only", args.only), ("--depth", args.depth)):  # fmt: skip
+        if value:
+            raise PadrecError(f"{flag} belongs to the per-request benchmark; --throughput measures generate, ar-jf "
+                              "and the engine's drafts (--engine-depth sets the chain's depth)")  # fmt: skip
+    tree = None
+    if args.tree is not None:
+        if not args.tree.isdigit() or int(args.tree) < 1:
+            raise PadrecError(
+                f"--tree {args.tree}: --throughput takes a fixed number of choice nodes (N >= 1)"
+            )
+        tree = int(args.tree)
+    try:
+        sizes = [int(b) for b in (args.batch_sizes or "1,4,16,64").split(",") if b]
+    except ValueError:
+        raise PadrecError(f"--batch-sizes {args.batch_sizes}: comma-separated positive integers") from None
+    cfg = ThroughputConfig(
+        target=args.target, data=args.data, drafts=list(args.draft), split=args.split,
+        users=args.users or 128, batch_sizes=sizes, list_len=args.list_len,
+        device=_device(args.device), merge_lora=args.merge_lora, engine_depth=args.engine_depth, tree=tree,
+        tree_width=args.tree_width, tree_depth=args.tree_depth,
+        repeats=args.repeats or 1,
+    )  # fmt: skip
+    report = run_throughput(cfg, out=args.out, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        _print_json(report)
+    else:
+        print(throughput_markdown(report))
         print(f"report: {Path(args.out) / 'report.md'}" if args.out else "(no --out: nothing written)")
     return 0
 
@@ -634,7 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--assistant", help="a small-LM assistant folder (padrec train-assistant)")
     b.add_argument("--split", default="test", choices=["valid", "test"])
-    b.add_argument("--users", type=_positive, default=300, help="measured requests (first N users)")
+    b.add_argument(
+        "--users", type=_positive, help="measured requests (first N users; default 300, --throughput 128)"
+    )
     b.add_argument(
         "--warmup", type=_non_negative, default=3, help="requests run first and left out of the figures"
     )
@@ -675,6 +716,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=10,
         help="with --tree: most choices on a path (auto: the most tried)",
+    )
+    b.add_argument(
+        "--throughput",
+        action="store_true",
+        help="users per second and latency against the batch size: batched generate, ar-jf, the engine's "
+        "chains (and, with --tree N, trees at batch size 1)",
+    )
+    b.add_argument("--batch-sizes", help="with --throughput: comma-separated batch sizes (default 1,4,16,64)")
+    b.add_argument(
+        "--repeats", type=_positive, help="with --throughput: interleaved runs per cell (default 1)"
     )
     b.add_argument("--out", help="report folder (report.json, report.md, requests.jsonl, plots)")
     b.add_argument("--json", action="store_true", help="print report.json instead of the tables")

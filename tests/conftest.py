@@ -40,3 +40,19 @@ def tiny_target(tmp_path_factory, synthetic_dir) -> Path:
     return train_target(
         TargetTrainArgs(data=str(synthetic_dir), out=str(out), base="qwen2-tiny", max_steps=40, list_len=5)
     )
+
+
+@pytest.fixture(scope="session")
+def trained_draft(tmp_path_factory, tiny_target, synthetic_dir) -> Path:
+    """A PAD-Rec draft of ``tiny_target``, trained for a few steps through the CLI."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("drafts") / "padrec"
+    run = subprocess.run(
+        [sys.executable, "-m", "modeling_padrec.cli", "train-draft", "--target", str(tiny_target), "--data",
+         str(synthetic_dir), "--out", str(out), "--depth", "4", "--max-steps", "60", "--max-users", "120"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from isolated import run_isolated
@@ -27,14 +26,6 @@ def padrec(*args, check=True) -> subprocess.CompletedProcess:
     if check:
         assert run.returncode == 0, run.stderr[-3000:]
     return run
-
-
-@pytest.fixture(scope="module")
-def trained_draft(tmp_path_factory, tiny_target, synthetic_dir) -> Path:
-    out = tmp_path_factory.mktemp("drafts") / "padrec"
-    padrec("train-draft", "--target", tiny_target, "--data", synthetic_dir, "--out", out,
-           "--depth", "4", "--max-steps", "60", "--max-users", "120")  # fmt: skip
-    return out
 
 
 def _lines(run) -> list[dict]:

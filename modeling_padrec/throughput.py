@@ -1,0 +1,295 @@
+"""``padrec bench --throughput``: users per second and latency against the batch size, for every way of decoding.
+
+Methods, all on the same users and the same target:
+
+* ``generate`` — the reference: stock ``generate`` greedy under the catalog constraint, in left-padded batches;
+* ``ar-jf`` — padrec's engine without a draft (jump-forward over forced tokens), continuously batched;
+* ``chain:NAME`` — the engine with draft NAME proposing chains of ``engine_depth`` choices, continuously batched;
+* ``tree:NAME`` — the engine with a draft tree of ``tree`` choice nodes; trees decode one request at a time, so
+  this method runs at batch size 1 only.
+
+Per batch size the methods run one after another in rotated order (no method always first), ``repeats`` times;
+users per second is the median over repeats. Latency is per user: for ``generate`` the time of the user's batch,
+for the engine from the user's admission to the batch until its list is complete. Every list of every method at
+every batch size must equal the reference's at the smallest batch size; the benchmark refuses to report
+otherwise. Speculation *pays* at a batch size where a drafting method serves more users per second than every
+method that does not draft (``generate``, ``ar-jf``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .bench import BenchMismatch, _where, draft_method_name, first_difference
+from .errors import PadrecError
+from .examples import left_pad
+from .fileio import check_output_dir, staged_dir
+
+PLOT = "throughput.png"
+SPECULATIVE = ("chain:", "tree:")
+
+
+@dataclass
+class ThroughputConfig:
+    target: str
+    data: str
+    drafts: list[str] = field(default_factory=list)
+    split: str = "test"
+    users: int = 128
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    list_len: int | None = None
+    device: str = "cpu"
+    merge_lora: bool = False
+    engine_depth: int | None = None  # choices per chain round (default: each draft's trained depth)
+    tree: int | None = None  # choice nodes per draft tree (batch size 1 only); None: no tree method
+    tree_width: int = 3
+    tree_depth: int | None = None
+    repeats: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise PadrecError(f"--batch-sizes: positive integers, got {self.batch_sizes}")
+        self.batch_sizes = sorted(set(self.batch_sizes))
+        if self.repeats < 1:
+            raise PadrecError(f"--repeats must be >= 1, got {self.repeats}")
+
+
+@dataclass
+class Cell:
+    """One method at one batch size: the lists, per-user latencies, and the wall time of each repeat."""
+
+    outputs: list[list[int]] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    forwards: int = 0
+    walls: list[float] = field(default_factory=list)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))], 3)
+
+
+def run_generate(rec, prompts: list[list[int]], batch_size: int) -> tuple[list, list[float], int]:
+    """Stock ``generate`` in left-padded batches: (lists, per-user latency ms, target forwards)."""
+    from .decoding import ForwardCounter
+
+    outputs, latency = [], []
+    with ForwardCounter(rec.target.model) as counter:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            batch = left_pad(chunk, rec.token_map.pad_id)
+            t0 = time.perf_counter()
+            seqs = rec.generate(batch["input_ids"], batch["attention_mask"])
+            if counter.sync:
+                torch.cuda.synchronize()
+            ms = 1000 * (time.perf_counter() - t0)
+            width = batch["input_ids"].shape[1]
+            outputs += [rec.trim(row) for row in seqs[:, width:].tolist()]
+            latency += [ms] * len(chunk)
+    return outputs, latency, counter.count
+
+
+def run_engine(rec, engine, prompts: list[list[int]], batch_size: int) -> tuple[list, list[float], int]:
+    """The engine: continuous batching, or one request at a time for a draft tree."""
+    outputs: list = [None] * len(prompts)
+    latency: list = [None] * len(prompts)
+    forwards = 0
+    if engine.width is not None:
+        results = ((i, engine.generate(p)) for i, p in enumerate(prompts))
+    else:
+        results = engine.generate_batch(prompts, batch_size=batch_size)
+    for i, out in results:
+        outputs[i], latency[i] = rec.trim(out.output_ids), 1000 * out.seconds
+        forwards += out.target_forwards
+    return outputs, latency, forwards
+
+
+def run_throughput(cfg: ThroughputConfig, out: str | Path | None = None, progress: bool = True) -> dict:
+    """Measure every method at every batch size; check every list against the reference; write ``out``
+    (report.json, report.md, throughput.png). Returns the report."""
+    from tqdm.auto import tqdm
+
+    from .data import load_dataset
+    from .decoding import Recommender
+    from .draft import load_draft
+    from .hardware import hardware_info
+    from .target import load_target
+
+    if out is not None:
+        check_output_dir(out, "report.json")
+    torch.manual_seed(cfg.seed)
+    dataset = load_dataset(cfg.data)
+    target = load_target(cfg.target, device=cfg.device, merge_lora=cfg.merge_lora)
+    rec = Recommender(target, dataset, list_len=cfg.list_len, engine="generate")
+    users = dataset.eval_users(cfg.split)[: cfg.users]
+    if not users:
+        raise PadrecError(f"{cfg.data}: no users with a non-empty {cfg.split} target list")
+    prompts = [rec.prompt(u, cfg.split) for u in users]
+    engines = {"ar-jf": rec.engine()}
+    for spec in cfg.drafts:  # DIR or NAME=DIR
+        name, _, path = spec.rpartition("=")
+        draft = load_draft(path, rec.token_map, device=rec.device, dataset=dataset)
+        name = name or draft_method_name(draft.config)
+        if f"chain:{name}" in engines:
+            raise PadrecError(f"--draft {spec}: a second draft named {name}; name them NAME=DIR")
+        engines[f"chain:{name}"] = rec.engine(draft, cfg.engine_depth)
+        if cfg.tree is not None:
+            engines[f"tree:{name}"] = rec.engine(draft, cfg.tree_depth, cfg.tree_width, cfg.tree)
+    names = ["generate", *engines]
+
+    def run(name: str, batch: int, subset: list[list[int]]):
+        if name == "generate":
+            return run_generate(rec, subset, batch)
+        return run_engine(rec, engines[name], subset, batch)
+
+    def sizes(name: str) -> list[int]:
+        return [1] if name.startswith("tree:") else cfg.batch_sizes
+
+    for name in names:  # untimed warm-up: lazy initialisation stays out of the figures
+        run(name, min(2, sizes(name)[0]), prompts[:2])
+    cells = {name: {b: Cell() for b in sizes(name)} for name in names}
+    total = sum(len(sizes(n)) for n in names) * cfg.repeats
+    bar = tqdm(total=total, desc="throughput", disable=not progress, file=sys.stderr)
+    t_start, turn = time.time(), 0
+    for _ in range(cfg.repeats):
+        for batch in cfg.batch_sizes:
+            here = [n for n in names if batch in sizes(n)]
+            shift = turn % len(here)
+            turn += 1
+            for name in here[shift:] + here[:shift]:
+                t0 = time.perf_counter()
+                outputs, latency, forwards = run(name, batch, prompts)
+                cell = cells[name][batch]
+                cell.walls.append(time.perf_counter() - t0)
+                cell.outputs, cell.latency_ms, cell.forwards = outputs, cell.latency_ms + latency, forwards
+                bar.update(1)
+    bar.close()
+    reference = cells["generate"][cfg.batch_sizes[0]].outputs
+    for name in names:
+        for batch, cell in cells[name].items():
+            for i, (got, ref) in enumerate(zip(cell.outputs, reference, strict=True)):
+                if got != ref:
+                    pos = first_difference(got, ref)
+                    raise BenchMismatch(
+                        f"{name} at batch size {batch} is not lossless: user {users[i]} differs from generate at "
+                        f"batch size {cfg.batch_sizes[0]} at generated token {pos}"
+                    )
+    report = summarize(cfg, cells, users, rec)
+    report["hardware"] = hardware_info(cfg.device)
+    report["wall_s"] = round(time.time() - t_start, 1)
+    if out is not None:
+        with staged_dir(out) as tmp:
+            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            (tmp / "report.md").write_text(throughput_markdown(report))
+            plot_throughput(report, tmp / PLOT)
+    return report
+
+
+def summarize(cfg: ThroughputConfig, cells: dict, users: list[str], rec) -> dict:
+    methods = {}
+    for name, by_batch in cells.items():
+        methods[name] = {}
+        for batch, cell in by_batch.items():
+            ups = statistics.median(len(users) / w for w in cell.walls)
+            methods[name][str(batch)] = {
+                "users_per_s": round(ups, 3),
+                "latency_p50_ms": _pct(cell.latency_ms, 50),
+                "latency_p90_ms": _pct(cell.latency_ms, 90),
+                "target_forwards_per_user": round(cell.forwards / len(users), 3),
+                "identical": 1.0,  # checked above: every list equals the reference's
+            }
+    for by_batch in methods.values():
+        for batch, m in by_batch.items():
+            ref = methods["generate"].get(batch)
+            m["x_generate"] = round(m["users_per_s"] / ref["users_per_s"], 3) if ref else None
+    pays: dict[str, bool | None] = {}
+    for batch in map(str, cfg.batch_sizes):
+        drafting = [
+            m[batch]["users_per_s"] for n, m in methods.items() if n.startswith(SPECULATIVE) and batch in m
+        ]
+        plain = [m[batch]["users_per_s"] for n, m in methods.items() if not n.startswith(SPECULATIVE)]
+        pays[batch] = (max(drafting) > max(plain)) if drafting else None
+    stops = next((int(b) for b, p in pays.items() if p is False), None)
+    best = {b: max((n for n in methods if b in methods[n]), key=lambda n: methods[n][b]["users_per_s"])
+            for b in map(str, cfg.batch_sizes)}  # fmt: skip
+    config = {k: v for k, v in cfg.__dict__.items()}
+    config.update(target=_where(cfg.target), data=_where(cfg.data), drafts=[_where(d.rpartition("=")[2]) for d in cfg.drafts],
+                  measured_requests=len(users), list_len=rec.list_len)  # fmt: skip
+    return {
+        "config": config,
+        "methods": methods,
+        "speculation_pays": pays,
+        "speculation_stops_paying_at": stops,
+        "best": best,
+    }
+
+
+def throughput_markdown(report: dict) -> str:
+    cfg, hw, methods = report["config"], report["hardware"], report["methods"]
+    device = hw.get("gpu") or f"{hw['cpu']}, {hw['torch_threads']} torch thread(s)"
+    lines = [
+        "# padrec throughput benchmark",
+        "",
+        f"{cfg['measured_requests']} users of `{cfg['data']}` ({cfg['split']}), target `{cfg['target']}`"
+        f"{' (LoRA merged)' if cfg['merge_lora'] else ''}, on {device}; torch {hw['torch']}, transformers "
+        f"{hw['transformers']}. Chain depth: {cfg['engine_depth'] or 'each draft trained depth'}; "
+        f"{cfg['repeats']} run(s) per cell, interleaved. Every list equals stock `generate`'s (identical = 1.0).",
+        "",
+        "Users per second (× batched stock `generate` at the same batch size), latency per user p50 / p90 ms:",
+        "",
+        "| batch | " + " | ".join(f"`{n}`" for n in methods) + " |",
+        "|---:|" + "---:|" * len(methods),
+    ]
+    for batch in map(str, cfg["batch_sizes"]):
+        row = [batch]
+        for name in methods:
+            m = methods[name].get(batch)
+            row.append(
+                "—"
+                if m is None
+                else f"{m['users_per_s']:.2f} ({m['x_generate']:.2f}×)<br>"
+                f"{m['latency_p50_ms']:.0f} / {m['latency_p90_ms']:.0f} ms"
+            )
+        lines.append("| " + " | ".join(row) + " |")
+    stops = report["speculation_stops_paying_at"]
+    lines += [
+        "",
+        "Best method per batch size: " + ", ".join(f"{b}: `{n}`" for b, n in report["best"].items()) + ".",
+        "",
+        (
+            f"Speculation stops paying at batch size {stops}: from there a method without a draft serves more "
+            "users per second."
+            if stops is not None
+            else "Speculation pays at every batch size measured."
+            if any(report["speculation_pays"].values())
+            else "No drafting method was measured."
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_throughput(report: dict, path: Path) -> Path:
+    from .plots import _figure, _save
+
+    fig, ax = _figure(figsize=(6, 4))
+    for name, by_batch in report["methods"].items():
+        xs = [int(b) for b in by_batch]
+        ys = [by_batch[b]["users_per_s"] for b in by_batch]
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("users per second")
+    hw = report["hardware"]
+    device = hw.get("gpu") or f"{hw['cpu']} ({hw['torch_threads']} threads)"
+    ax.set_title(f"throughput, {report['config']['measured_requests']} users\n{device}", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

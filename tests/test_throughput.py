@@ -1,0 +1,70 @@
+"""``padrec bench --throughput``: every method at every batch size, lists checked against stock ``generate``,
+a report with users per second, latency percentiles and where speculation stops paying."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from test_cli import assert_clean_error, padrec
+
+from modeling_padrec.throughput import Cell, ThroughputConfig, summarize, throughput_markdown
+
+pytestmark = pytest.mark.slow
+
+
+def test_throughput_report(tiny_target, synthetic_dir, trained_draft, tmp_path):
+    out = tmp_path / "tp"
+    proc = padrec("bench", "--throughput", "--target", tiny_target, "--data", synthetic_dir, "--draft", trained_draft,
+                  "--users", 6, "--batch-sizes", "3,1", "--tree", 3, "--tree-depth", 2, "--out", out)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    methods = report["methods"]
+    assert list(methods) == ["generate", "ar-jf", "chain:pad-rec", "tree:pad-rec"]
+    assert report["config"]["batch_sizes"] == [1, 3]
+    assert list(methods["tree:pad-rec"]) == ["1"]  # trees decode one request at a time
+    for name, by_batch in methods.items():
+        for batch, m in by_batch.items():
+            assert m["identical"] == 1.0 and m["users_per_s"] > 0
+            assert 0 < m["latency_p50_ms"] <= m["latency_p90_ms"]
+            assert m["x_generate"] == pytest.approx(
+                m["users_per_s"] / methods["generate"][batch]["users_per_s"], 1e-2
+            )
+            if name != "generate":  # jump-forward: never more target forwards than tokens
+                assert m["target_forwards_per_user"] < methods["generate"][batch]["target_forwards_per_user"]
+    assert set(report["best"]) == {"1", "3"} and set(report["speculation_pays"]) == {"1", "3"}
+    assert (out / "throughput.png").stat().st_size > 0
+    assert "| batch |" in (out / "report.md").read_text()
+
+
+def test_where_speculation_stops_paying_is_read_from_the_figures():
+    users = [str(i) for i in range(12)]
+
+    def cell(users_per_s: float) -> Cell:
+        return Cell(latency_ms=[1.0, 2.0, 3.0], forwards=24, walls=[len(users) / users_per_s])
+
+    cfg = ThroughputConfig(target="t", data="d", batch_sizes=[16, 1, 4])
+    cells = {
+        "generate": {1: cell(1.0), 4: cell(3.0), 16: cell(8.0)},
+        "ar-jf": {1: cell(1.5), 4: cell(3.5), 16: cell(9.0)},
+        "chain:pad-rec": {1: cell(3.0), 4: cell(5.0), 16: cell(8.5)},
+        "tree:pad-rec": {1: cell(4.0)},
+    }
+    report = summarize(cfg, cells, users, SimpleNamespace(list_len=5))
+    assert report["speculation_pays"] == {"1": True, "4": True, "16": False}
+    assert report["speculation_stops_paying_at"] == 16
+    assert report["best"] == {"1": "tree:pad-rec", "4": "chain:pad-rec", "16": "ar-jf"}
+    assert report["methods"]["chain:pad-rec"]["4"]["x_generate"] == pytest.approx(5.0 / 3.0, abs=1e-3)
+    assert report["methods"]["ar-jf"]["16"]["target_forwards_per_user"] == 2.0
+    report["hardware"] = {"cpu": "cpu", "torch_threads": 1, "torch": "t", "transformers": "t"}
+    assert "Speculation stops paying at batch size 16" in throughput_markdown(report)
+
+
+def test_throughput_bad_arguments(tiny_target, synthetic_dir, tmp_path):
+    base = ("bench", "--target", tiny_target, "--data", synthetic_dir, "--users", 2)
+    assert_clean_error(padrec(*base, "--throughput", "--batch-sizes", "4,x"), "--batch-sizes")
+    assert_clean_error(padrec(*base, "--throughput", "--batch-sizes", "0"), "--batch-sizes")
+    assert_clean_error(padrec(*base, "--throughput", "--tree", "auto"), "--tree auto")
+    assert_clean_error(padrec(*base, "--batch-sizes", "1,2"), "--throughput")
+    assert_clean_error(padrec(*base, "--throughput", "--lookup-tokens", 3), "--lookup-tokens")
