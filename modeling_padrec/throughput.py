@@ -78,23 +78,25 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_generate(rec, prompts: list[list[int]], batch_size: int) -> tuple[list, list[float], int]:
-    """Stock ``generate`` in left-padded batches: (lists, per-user latency ms, target forwards)."""
+    """Stock ``generate`` in left-padded batches: (lists, per-user latency ms, target forwards summed over users:
+    a batch's forward counts once for each of its rows, as the engine counts a row's forwards)."""
     from .decoding import ForwardCounter
 
-    outputs, latency = [], []
-    with ForwardCounter(rec.target.model) as counter:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            batch = left_pad(chunk, rec.token_map.pad_id)
+    outputs, latency, forwards = [], [], 0
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        batch = left_pad(chunk, rec.token_map.pad_id)
+        with ForwardCounter(rec.target.model) as counter:
             t0 = time.perf_counter()
             seqs = rec.generate(batch["input_ids"], batch["attention_mask"])
             if counter.sync:
                 torch.cuda.synchronize()
             ms = 1000 * (time.perf_counter() - t0)
-            width = batch["input_ids"].shape[1]
-            outputs += [rec.trim(row) for row in seqs[:, width:].tolist()]
-            latency += [ms] * len(chunk)
-    return outputs, latency, counter.count
+        width = batch["input_ids"].shape[1]
+        outputs += [rec.trim(row) for row in seqs[:, width:].tolist()]
+        latency += [ms] * len(chunk)
+        forwards += counter.count * len(chunk)
+    return outputs, latency, forwards
 
 
 def run_engine(rec, engine, prompts: list[list[int]], batch_size: int) -> tuple[list, list[float], int]:
