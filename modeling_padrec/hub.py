@@ -39,7 +39,8 @@ DRAFT_FILES = (
 )
 # padrec's engine, shipped in the draft repo as transformers' custom_generate recipe (engine file → repo file)
 ENGINE_FILES = {
-    name: name for name in ("trie.py", "scoring.py", "acceptance.py", "proposers.py", "tree.py", "loop.py")
+    name: name
+    for name in ("trie.py", "scoring.py", "acceptance.py", "proposers.py", "tree.py", "loop.py", "batch.py")
 }
 ENGINE_FILES["custom_generate.py"] = "generate.py"
 TARGET_FILES = ("adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", "padrec_target.json")
