@@ -413,15 +413,21 @@ def cmd_bench(args) -> int:
         ),
     )
     report = run_bench(cfg, out=args.out, progress=not args.json and sys.stderr.isatty())
+    return _print_report(args, report, report_markdown)
+
+
+def _print_report(args, report: dict, markdown) -> int:
+    """A bench report on stdout: report.json with ``--json``, else its markdown and where it was written."""
     if args.json:
         _print_json(report)
     else:
-        print(report_markdown(report))
+        print(markdown(report))
         print(f"report: {Path(args.out) / 'report.md'}" if args.out else "(no --out: nothing written)")
     return 0
 
 
 def _bench_throughput(args) -> int:
+    from .bench import TreeSpec
     from .throughput import ThroughputConfig, run_throughput, throughput_markdown
 
     for flag, value in (("--assistant", args.assistant), ("--lookup-tokens", args.lookup_tokens),
@@ -429,13 +435,9 @@ def _bench_throughput(args) -> int:
         if value:
             raise PadrecError(f"{flag} belongs to the per-request benchmark; --throughput measures generate, ar-jf "
                               "and the engine's drafts (--engine-depth sets the chain's depth)")  # fmt: skip
-    tree = None
-    if args.tree is not None:
-        if not args.tree.isdigit() or int(args.tree) < 1:
-            raise PadrecError(
-                f"--tree {args.tree}: --throughput takes a fixed number of choice nodes (N >= 1)"
-            )
-        tree = int(args.tree)
+    tree = None if args.tree is None else TreeSpec.parse(args.tree).budget
+    if tree == "auto":
+        raise PadrecError("--tree auto: --throughput takes a fixed number of choice nodes (N >= 1)")
     try:
         sizes = [int(b) for b in (args.batch_sizes or "1,4,16,64").split(",") if b]
     except ValueError:
@@ -448,12 +450,7 @@ def _bench_throughput(args) -> int:
         repeats=args.repeats or 1,
     )  # fmt: skip
     report = run_throughput(cfg, out=args.out, progress=not args.json and sys.stderr.isatty())
-    if args.json:
-        _print_json(report)
-    else:
-        print(throughput_markdown(report))
-        print(f"report: {Path(args.out) / 'report.md'}" if args.out else "(no --out: nothing written)")
-    return 0
+    return _print_report(args, report, throughput_markdown)
 
 
 # --------------------------------------------------------------------------- hub

@@ -9,28 +9,37 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from .errors import PadrecError
 
 
-def write_json_atomic(path: str | Path, obj, indent: int | None = None) -> Path:
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Yield a file opened in ``mode`` beside ``path``; when the block ends it is synced and moved into place as
+    ``path`` (``os.replace``), on error it is removed and ``path`` is left as it was."""
     path = Path(path)
     if path.is_dir():
         raise PadrecError(f"{path}: is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent)
-            f.write("\n")
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_json_atomic(path: str | Path, obj, indent: int | None = None) -> Path:
+    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=indent)
+        f.write("\n")
+    return Path(path)
 
 
 @contextmanager

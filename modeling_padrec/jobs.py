@@ -17,15 +17,13 @@ into place) and removes the parts.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PadrecError
-from .fileio import write_json_atomic
+from .fileio import atomic_file, write_json_atomic
 
 
 @dataclass
@@ -139,17 +137,9 @@ def run_shard(rec, users: list[str], split: str, path: Path, engine, batch_size:
 
 def merge_parts(out: Path, world: int) -> None:
     """Join the processes' parts in rank (= user) order into ``out`` (staged beside it, moved into place)."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as dst:
-            for rank in range(world):
-                dst.write(part_path(out, rank, world).read_bytes())
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out, "wb") as dst:
+        for rank in range(world):
+            dst.write(part_path(out, rank, world).read_bytes())
     for rank in range(world):
         part_path(out, rank, world).unlink()
 
