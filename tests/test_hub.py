@@ -61,7 +61,7 @@ def test_export_writes_complete_repos_with_safetensors_only(exported):
                      "catalog.json"}  # fmt: skip
     recipe = exported / "draft" / "custom_generate"
     assert {p.name for p in recipe.iterdir()} == {"generate.py", "trie.py", "scoring.py", "acceptance.py",
-                                                  "proposers.py", "tree.py", "loop.py"}  # fmt: skip
+                                                  "proposers.py", "tree.py", "loop.py", "batch.py"}  # fmt: skip
     for path in recipe.iterdir():  # remote code: torch, transformers and each other only
         imports = re.findall(r"^(?:from|import) ([\w.]+)", path.read_text(), re.M)
         assert {i.split(".")[0] for i in imports} <= {"torch", "transformers", "", "__future__", "time",

@@ -22,8 +22,6 @@ code.
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Iterator
 
 import torch
 from transformers import DynamicCache
@@ -211,6 +209,8 @@ class BatchDraft:
         """One forward (draft step 0) over every row's pending target features into ``cache``, leaving the last
         one pending with ``hold_last``. Returns each row's feature after its last read position (None if it read
         nothing)."""
+        # the fast path's tables, checked against the weights once per round rather than once per step
+        self.tables = self.draft.decode_tables(self.device) if self.fused else None
         inputs, feats = [], []
         for row in rows:
             req = row.request
@@ -243,7 +243,6 @@ class BatchDraft:
     def prefill(self, rows: list[_Row]) -> None:
         """Read the prompts of rows joining the batch (all but their last position, which the next round's
         :meth:`propose` reads) in a forward of their own; their cache rows then join the batch's."""
-        self.tables = self.draft.decode_tables(self.device) if self.fused else None
         fresh = RaggedCache(DynamicCache(), len(rows), self.device)
         self._read(rows, fresh, hold_last=True)
         self.cache.concat(fresh)
@@ -278,7 +277,6 @@ class BatchDraft:
     def propose(self, rows: list[_Row]) -> list[Proposal]:
         """One chain per row (rows in cache order), up to ``depth`` choices each."""
         t0 = time.perf_counter()
-        self.tables = self.draft.decode_tables(self.device) if self.fused else None
         features = self._read(rows, self.cache, hold_last=False)
         last = torch.stack(features)
         logits = self.draft.head_logits(last)
@@ -371,13 +369,13 @@ class BatchDecoder:
         generators=None,
         settings: GenerationSettings | None = None,
         progress=None,
-    ) -> Iterator[tuple[int, EngineOutput]]:
-        """Decode every prompt; yields ``(index, output)`` as requests finish. ``progress``: called with the
+    ):
+        """Decode every prompt; yields ``(index, EngineOutput)`` as requests finish. ``progress``: called with the
         number of requests finished after each round (a tqdm bar's ``update``, say)."""
         prompts = list(prompts)
         if generators is not None and len(generators) != len(prompts):
             raise ValueError(f"{len(generators)} generators for {len(prompts)} prompts")
-        waiting = deque(range(len(prompts)))
+        waiting = list(reversed(range(len(prompts))))  # popped from the end: input order
         active: list[_Row] = []
         cache = RaggedCache(self.scorer.new_cache(), 0, self.device)
         while waiting or active:
@@ -385,7 +383,7 @@ class BatchDecoder:
             if waiting and len(active) < self.batch_size:
                 joined = []
                 while waiting and len(active) + len(joined) < self.batch_size:
-                    i = waiting.popleft()
+                    i = waiting.pop()
                     gen = generators[i] if generators is not None else None
                     row = _Row(i, self.engine.request(prompts[i], gen, settings), self.engine.clock())
                     (done if row.request.jump() else joined).append(row)
@@ -396,29 +394,28 @@ class BatchDecoder:
                     active += joined
                     if self.draft is not None:
                         self.draft.prefill(joined)
-            still = [r for r in active if not r.request.jump()]
-            done += [r for r in active if r not in still]
-            self._drop(cache, active, still)
-            active = still
+            active = self._leave(cache, active, [r.request.jump() for r in active], done)
             if active:
                 proposals = (
                     self.draft.propose(active) if self.draft is not None else [Proposal() for _ in active]
                 )
                 self._verify(active, cache, proposals)
-                still = [r for r in active if not r.request.finished]
-                done += [r for r in active if r not in still]
-                self._drop(cache, active, still)
-                active = still
+                active = self._leave(cache, active, [r.request.finished for r in active], done)
             for row in done:
                 yield self._finish(row)
             if progress is not None and done:
                 progress(len(done))
 
-    def _drop(self, cache: RaggedCache, active: list[_Row], still: list[_Row]) -> None:
-        """Remove the rows of finished requests from the caches."""
-        if len(still) == len(active):
-            return
-        keep = [b for b, r in enumerate(active) if r in still]
+    def _leave(
+        self, cache: RaggedCache, active: list[_Row], finished: list[bool], done: list[_Row]
+    ) -> list[_Row]:
+        """Move the rows of finished requests (``finished[b]``) from the batch to ``done`` and out of the caches;
+        returns the rows that stay."""
+        keep = [b for b, f in enumerate(finished) if not f]
+        if len(keep) == len(active):
+            return active
+        done += [r for r, f in zip(active, finished, strict=True) if f]
         cache.select(keep)
         if self.draft is not None:
             self.draft.cache.select(keep)
+        return [active[b] for b in keep]
