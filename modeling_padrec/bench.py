@@ -375,6 +375,27 @@ def _pct(values, q) -> float:
     return round(float(np.percentile(np.asarray(values, dtype=float), q)), 4)
 
 
+def acceptance_counts(m: Measurement, token_map) -> tuple[list[list[int]], list[list[int]]]:
+    """One request's draft steps: ``[reached, accepted]`` per step k and per item slot (the slot of the token at
+    the step). A step is every drafted token (stock path) or every drafted choice (engine, where forced tokens
+    are filled in by the catalog); step k is reached when everything before it was accepted."""
+    slot_of = token_map.slot_table().tolist()
+    by_step: list[list[int]] = []
+    by_slot = [[0, 0] for _ in token_map.slot_names()]
+    for start, drafted, accepted, _, *choice_offsets in m.rounds:
+        offsets = choice_offsets[0] if choice_offsets else range(drafted)
+        for k, offset in enumerate(offsets):
+            if offset > accepted:
+                break
+            pos = start + offset
+            slot = slot_of[m.output_ids[pos]] if pos < len(m.output_ids) else token_map.levels + 1
+            by_step.extend([0, 0] for _ in range(k + 1 - len(by_step)))
+            for counts in (by_step[k], by_slot[slot]):
+                counts[0] += 1
+                counts[1] += int(offset < accepted)
+    return by_step, by_slot
+
+
 def summarize(
     name: str,
     runs: list[Measurement],
@@ -385,8 +406,6 @@ def summarize(
 ) -> dict:
     """Every figure of one method over the measured requests (``runs`` and ``ar_runs`` aligned by request).
     ``engine_depth``: choices drafted per round by an engine method (0: no draft), for the perfect-draft bound."""
-    slot_of = rec.token_map.slot_table().tolist()
-    levels = rec.token_map.levels
     slot_names = rec.token_map.slot_names()
     ratios = [a.latency_ms / m.latency_ms for a, m in zip(ar_runs, runs, strict=True)]
     latencies = [m.latency_ms for m in runs]
@@ -396,25 +415,18 @@ def summarize(
     accepted_step: list[int] = []
     reached_slot = [0] * len(slot_names)
     accepted_slot = [0] * len(slot_names)
-    drafted_total = rounds_total = accepted_total = 0
     for m in runs:
-        for start, drafted, accepted, _, *choice_offsets in m.rounds:
-            rounds_total += 1
-            drafted_total += drafted
-            accepted_total += accepted
-            # the draft's steps: every drafted token (stock path) or every drafted choice (engine, where forced
-            # tokens are filled in by the catalog); step k is reached when everything before it was accepted
-            offsets = choice_offsets[0] if choice_offsets else range(drafted)
-            for k, offset in enumerate(offsets):
-                if offset > accepted:
-                    break
-                pos = start + offset
-                slot = slot_of[m.output_ids[pos]] if pos < len(m.output_ids) else levels + 1
-                for table, value in ((reached_step, 1), (accepted_step, int(offset < accepted))):
-                    table.extend([0] * (k + 1 - len(table)))
-                    table[k] += value
-                reached_slot[slot] += 1
-                accepted_slot[slot] += int(offset < accepted)
+        by_step, by_slot = acceptance_counts(m, rec.token_map)
+        for k, (reached, accepted) in enumerate(by_step):
+            for table, value in ((reached_step, reached), (accepted_step, accepted)):
+                table.extend([0] * (k + 1 - len(table)))
+                table[k] += value
+        for slot, (reached, accepted) in enumerate(by_slot):
+            reached_slot[slot] += reached
+            accepted_slot[slot] += accepted
+    rounds_total = sum(len(m.rounds) for m in runs)
+    drafted_total = sum(r[1] for m in runs for r in m.rounds)
+    accepted_total = sum(r[2] for m in runs for r in m.rounds)
     lists = {m.user: m.items for m in runs}
     quality = ranking_metrics(lists, {u: rec.dataset.targets(split)[u] for u in lists})
     n = len(runs)
@@ -497,9 +509,28 @@ class BenchConfig:
     tree: TreeSpec | None = None
 
 
+@dataclass
+class BenchRun:
+    """A finished bench: its report, every method's measurements (aligned by request) and the recommender."""
+
+    report: dict
+    runs: dict[str, list[Measurement]]
+    rec: Recommender
+
+
 def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = True) -> dict:
     """Run every method on ``cfg.users`` requests, check losslessness, and (with ``out``) write the report
     folder: ``report.json``, ``report.md``, ``requests.jsonl`` and the PNG plots. Returns the report."""
+    if out is not None:
+        check_output_dir(out, "report.json")
+    result = bench_run(cfg, progress)
+    if out is not None:
+        write_report(result.report, result.runs, Path(out))
+    return result.report
+
+
+def bench_run(cfg: BenchConfig, progress: bool = True) -> BenchRun:
+    """Every method on ``cfg.users`` requests, interleaved, each list checked against ``ar``'s."""
     from tqdm.auto import tqdm
 
     from .catalog import unseen_note
@@ -507,8 +538,6 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     from .hardware import hardware_info
     from .target import load_target
 
-    if out is not None:
-        check_output_dir(out, "report.json")
     torch.manual_seed(cfg.seed)
     dataset = load_dataset(cfg.data)
     target = load_target(cfg.target, device=cfg.device, merge_lora=cfg.merge_lora)
@@ -594,9 +623,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
             m["speedup_vs_chain"] = _pct(ratios, 50)
             m["speedup_vs_chain_p10"], m["speedup_vs_chain_p90"] = _pct(ratios, 10), _pct(ratios, 90)
             m["tau_vs_chain"] = round(m["tau"] / report["methods"][name.removeprefix("tree:")]["tau"], 4)
-    if out is not None:
-        write_report(report, runs, Path(out))
-    return report
+    return BenchRun(report, runs, rec)
 
 
 # --------------------------------------------------------------------------- the report

@@ -756,6 +756,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=cmd_export)
 
+    st = sub.add_parser(
+        "study",
+        help="the seeded position-signal study: train and bench drafts by group, resumably; report with intervals",
+    ).add_subparsers(dest="study_command", required=True, metavar="{plan,run,report}")
+    for name, helptext, func in (
+        ("plan", "list the groups the chosen factors need, and which are done", cmd_study_plan),
+        ("run", "train and bench the groups not done yet (stop and rerun at any time)", cmd_study_run),
+    ):
+        q = st.add_parser(name, help=helptext)
+        q.add_argument(
+            "--factors", default="ablation,budget,depth", help="comma-separated: ablation,budget,depth"
+        )
+        q.add_argument("--datasets", default="Instruments,Beauty,beauty-timesplit",
+                       help="comma-separated dataset folder names under --data-root (budget and depth: the first)")  # fmt: skip
+        q.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+        q.add_argument("--data-root", default="../shared/data", help="folder holding the dataset folders")
+        q.add_argument("--runs", default="runs", help="targets (runs/ref/DATASET/target) and study drafts")
+        q.add_argument("--results", default="results/study", help="the per-group results and the report")
+        q.set_defaults(func=func)
+        if name == "run":
+            q.add_argument("--groups", type=_positive, help="run at most this many groups, then stop")
+            q.add_argument("--only", help="comma-separated group names (as `padrec study plan` lists them)")
+            q.add_argument("--users", type=_positive, default=200, help="test users benched per group")
+            q.add_argument("--device", default="cpu")
+    q = st.add_parser("report", help="tables, intervals and plots from the per-group results")
+    q.add_argument("--results", default="results/study")
+    q.add_argument(
+        "--readme", help="also rewrite this file's <!-- study:start --> ... <!-- study:end --> block"
+    )
+    q.set_defaults(func=cmd_study_report)
+
     m = sub.add_parser(
         "demo", help="the whole chain, small: synthetic catalog → IDs → target → drafts → bench"
     )
@@ -767,6 +798,78 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--bench-users", type=_positive, default=50, help="test users benchmarked")
     m.set_defaults(func=cmd_demo)
     return p
+
+
+def _study_plan(args):
+    from .study.plan import plan
+    from .study.run import StudyPaths
+
+    seeds = _int_list(args.seeds, "--seeds", minimum=0)
+    factors = [f for f in args.factors.split(",") if f]
+    datasets = [d for d in args.datasets.split(",") if d]
+    if not datasets:
+        raise PadrecError("--datasets: give at least one dataset")
+    for d in datasets:
+        if not (Path(args.data_root) / d).is_dir():
+            raise PadrecError(f"--datasets: {Path(args.data_root) / d} is not a folder")
+    try:
+        groups = plan(factors, datasets, seeds)
+    except ValueError as e:
+        raise PadrecError(f"--factors: {e}") from None
+    return groups, StudyPaths(Path(args.runs), Path(args.data_root), Path(args.results))
+
+
+def _int_list(value: str, flag: str, minimum: int = 1) -> list[int]:
+    try:
+        values = [int(x) for x in value.split(",") if x]
+    except ValueError:
+        values = []
+    if not values or any(v < minimum for v in values):
+        raise PadrecError(f"{flag} {value}: comma-separated integers >= {minimum}")
+    return values
+
+
+def cmd_study_plan(args) -> int:
+    from .study.run import is_done
+
+    groups, paths = _study_plan(args)
+    for g in groups:
+        print(f"{'done' if is_done(g, paths) else 'todo'}  {g.name}")
+    print(f"{sum(is_done(g, paths) for g in groups)} of {len(groups)} groups done", file=sys.stderr)
+    return 0
+
+
+def cmd_study_run(args) -> int:
+    from .study.report import write_report
+    from .study.run import RunSettings, run_groups
+
+    groups, paths = _study_plan(args)
+    if args.only:
+        names = [n for n in args.only.split(",") if n]
+        unknown = sorted(set(names) - {g.name for g in groups})
+        if unknown:
+            raise PadrecError(f"--only: {', '.join(unknown)} not in the plan (see `padrec study plan`)")
+        groups = [g for g in groups if g.name in names]
+    settings = RunSettings(users=args.users, device=args.device, progress=sys.stderr.isatty())
+    ran = run_groups(groups, paths, settings, limit=args.groups)
+    for line in settings.log if not settings.progress else []:
+        print(line, file=sys.stderr)
+    write_report(paths.results)
+    print(f"study: ran {len(ran)} group(s); report -> {paths.results / 'report.md'}")
+    return 0
+
+
+def cmd_study_report(args) -> int:
+    from .study.report import write_report
+
+    results = Path(args.results)
+    if not (results / "groups").is_dir():
+        raise PadrecError(f"--results {results}: no groups/ folder (run `padrec study run` first)")
+    if args.readme and not Path(args.readme).is_file():
+        raise PadrecError(f"--readme {args.readme}: not a file")
+    report = write_report(results, readme=Path(args.readme) if args.readme else None)
+    print(f"study: {report['groups']} group(s) -> {results / 'report.md'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,13 +7,17 @@ Methods, all on the same users and the same target:
 * ``chain:NAME`` — the engine with draft NAME proposing chains of ``engine_depth`` choices, continuously batched;
 * ``tree:NAME`` — the engine with a draft tree of ``tree`` choice nodes; trees decode one request at a time, so
   this method runs at batch size 1 only.
+* ``perfect:D`` and ``perfect:list`` — bounds, not ways to serve: the batched engine with a :class:`PerfectDraft`
+  that proposes the target's own list (known from an untimed run) at no cost, ``D`` choices a round (the chains'
+  depth) or the whole list in one round. No draft of that depth can serve more users per second than
+  ``perfect:D`` on this machine; no draft at all more than ``perfect:list``.
 
 Per batch size the methods run one after another in rotated order (no method always first), ``repeats`` times;
 users per second is the median over repeats. Latency is per user: for ``generate`` the time of the user's batch,
 for the engine from the user's admission to the batch until its list is complete. Every list of every method at
 every batch size must equal the reference's at the smallest batch size; the benchmark refuses to report
 otherwise. Speculation *pays* at a batch size where a drafting method serves more users per second than every
-method that does not draft (``generate``, ``ar-jf``).
+method that does not draft (``generate``, ``ar-jf``); the bounds take no part in that, nor in the best method.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from pathlib import Path
 import torch
 
 from .bench import BenchMismatch, _where, draft_method_name, first_difference
+from .engine.batch import BatchDecoder
+from .engine.proposers import Proposal
 from .errors import PadrecError
 from .examples import left_pad
 from .fileio import check_output_dir, staged_dir
 
 PLOT = "throughput.png"
 SPECULATIVE = ("chain:", "tree:")
+BOUND = "perfect:"
 
 
 @dataclass
@@ -114,6 +121,51 @@ def run_engine(rec, engine, prompts: list[list[int]], batch_size: int) -> tuple[
     return outputs, latency, forwards
 
 
+class PerfectDraft:
+    """A batch proposer that knows the answer: each row's next tokens of the target's own list ``lists[index]``,
+    ``depth`` choices a round with the forced run after the last one (None: the rest of the list), at no cost.
+    What it reaches bounds every draft of that depth on the same engine and machine; it is not a way to serve,
+    since it needs the list it is asked for. Used through ``BatchDecoder(engine, batch_size, draft=...)``."""
+
+    reads_features = False
+
+    def __init__(self, lists: list[list[int]], depth: int | None):
+        self.lists, self.depth = lists, depth
+
+    def prefill(self, rows) -> None:
+        pass
+
+    def select(self, rows: list[int]) -> None:
+        pass
+
+    def propose(self, rows) -> list[Proposal]:
+        proposals = []
+        for row in rows:
+            request, proposal = row.request, Proposal()
+            state, room = request.state.copy(), request.room()
+            for token in self.lists[row.index][request.written :]:
+                choice = state.forced() is None
+                if state.done or len(proposal.tokens) >= room or (choice and proposal.choices == self.depth):
+                    break
+                state.advance(token)
+                proposal.tokens.append(token)
+                proposal.choice.append(choice)
+                proposal.q.append(None)
+            proposals.append(proposal)
+        return proposals
+
+
+def run_bound(rec, engine, draft: PerfectDraft, prompts: list[list[int]], batch_size: int):
+    """The batched engine with ``draft`` proposing: (lists, per-user latency ms, target forwards)."""
+    outputs: list = [None] * len(prompts)
+    latency: list = [None] * len(prompts)
+    forwards = 0
+    for i, out in BatchDecoder(engine, batch_size, draft=draft).run(prompts):
+        outputs[i], latency[i] = rec.trim(out.output_ids), 1000 * out.seconds
+        forwards += out.target_forwards
+    return outputs, latency, forwards
+
+
 def run_throughput(cfg: ThroughputConfig, out: str | Path | None = None, progress: bool = True) -> dict:
     """Measure every method at every batch size; check every list against the reference; write ``out``
     (report.json, report.md, throughput.png). Returns the report."""
@@ -145,11 +197,18 @@ def run_throughput(cfg: ThroughputConfig, out: str | Path | None = None, progres
         engines[f"chain:{name}"] = rec.engine(draft, cfg.engine_depth)
         if cfg.tree is not None:
             engines[f"tree:{name}"] = rec.engine(draft, cfg.tree_depth, cfg.tree_width, cfg.tree)
-    names = ["generate", *engines]
+    # the bounds' answers: the target's own lists, from an untimed run (checked like every method's below)
+    answers = run_engine(rec, engines["ar-jf"], prompts, max(cfg.batch_sizes))[0]
+    depths = sorted({e.proposer.depth for n, e in engines.items() if n.startswith("chain:")})
+    bounds = {f"{BOUND}{d}": PerfectDraft(answers, d) for d in depths}
+    bounds[f"{BOUND}list"] = PerfectDraft(answers, None)
+    names = ["generate", *engines, *bounds]
 
     def run(name: str, batch: int, subset: list[list[int]]):
         if name == "generate":
             return run_generate(rec, subset, batch)
+        if name in bounds:
+            return run_bound(rec, engines["ar-jf"], bounds[name], subset, batch)
         return run_engine(rec, engines[name], subset, batch)
 
     def sizes(name: str) -> list[int]:
@@ -217,10 +276,13 @@ def summarize(cfg: ThroughputConfig, cells: dict, users: list[str], rec) -> dict
         drafting = [
             m[batch]["users_per_s"] for n, m in methods.items() if n.startswith(SPECULATIVE) and batch in m
         ]
-        plain = [m[batch]["users_per_s"] for n, m in methods.items() if not n.startswith(SPECULATIVE)]
+        plain = [
+            m[batch]["users_per_s"] for n, m in methods.items() if not n.startswith((*SPECULATIVE, BOUND))
+        ]
         pays[batch] = (max(drafting) > max(plain)) if drafting else None
     stops = next((int(b) for b, p in pays.items() if p is False), None)
-    best = {b: max((n for n in methods if b in methods[n]), key=lambda n: methods[n][b]["users_per_s"])
+    served = [n for n in methods if not n.startswith(BOUND)]
+    best = {b: max((n for n in served if b in methods[n]), key=lambda n: methods[n][b]["users_per_s"])
             for b in map(str, cfg.batch_sizes)}  # fmt: skip
     config = {k: v for k, v in cfg.__dict__.items()}
     config.update(target=_where(cfg.target), data=_where(cfg.data), drafts=[_where(d.rpartition("=")[2]) for d in cfg.drafts],
@@ -264,6 +326,16 @@ def throughput_markdown(report: dict) -> str:
     stops = report["speculation_stops_paying_at"]
     lines += [
         "",
+        *(
+            [
+                f"`{BOUND}D` and `{BOUND}list` are bounds, not ways to serve: the engine with a draft that proposes "
+                "the target's own list at no cost, D choices a round or the whole list at once. No draft of depth "
+                f"D serves more users per second than `{BOUND}D` here.",
+                "",
+            ]
+            if any(n.startswith(BOUND) for n in methods)
+            else []
+        ),
         "Best method per batch size: " + ", ".join(f"{b}: `{n}`" for b, n in report["best"].items()) + ".",
         "",
         (
@@ -286,7 +358,7 @@ def plot_throughput(report: dict, path: Path) -> Path:
     for name, by_batch in report["methods"].items():
         xs = [int(b) for b in by_batch]
         ys = [by_batch[b]["users_per_s"] for b in by_batch]
-        ax.plot(xs, ys, marker="o", label=name)
+        ax.plot(xs, ys, marker="o", label=name, linestyle=":" if name.startswith(BOUND) else "-")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("users per second")

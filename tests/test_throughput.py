@@ -21,7 +21,9 @@ def test_throughput_report(tiny_target, synthetic_dir, trained_draft, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     methods = report["methods"]
-    assert list(methods) == ["generate", "ar-jf", "chain:pad-rec", "tree:pad-rec"]
+    bound = next(n for n in methods if n.startswith("perfect:") and n != "perfect:list")
+    assert list(methods) == ["generate", "ar-jf", "chain:pad-rec", "tree:pad-rec", bound, "perfect:list"]
+    assert int(bound.split(":")[1]) >= 1  # the chains' depth
     assert report["config"]["batch_sizes"] == [1, 3]
     assert list(methods["tree:pad-rec"]) == ["1"]  # trees decode one request at a time
     for name, by_batch in methods.items():
@@ -33,7 +35,14 @@ def test_throughput_report(tiny_target, synthetic_dir, trained_draft, tmp_path):
             )
             if name != "generate":  # jump-forward: never more target forwards than tokens
                 assert m["target_forwards_per_user"] < methods["generate"][batch]["target_forwards_per_user"]
+    for batch in ("1", "3"):  # a draft that is always right needs no more rounds than the real one
+        assert (
+            methods[bound][batch]["target_forwards_per_user"]
+            <= methods["chain:pad-rec"][batch]["target_forwards_per_user"]
+        )
+        assert methods["perfect:list"][batch]["target_forwards_per_user"] == 2.0  # prefill + the whole list
     assert set(report["best"]) == {"1", "3"} and set(report["speculation_pays"]) == {"1", "3"}
+    assert not any(n.startswith("perfect:") for n in report["best"].values())  # bounds are not ways to serve
     assert (out / "throughput.png").stat().st_size > 0
     assert "| batch |" in (out / "report.md").read_text()
 
@@ -50,6 +59,7 @@ def test_where_speculation_stops_paying_is_read_from_the_figures():
         "ar-jf": {1: cell(1.5), 4: cell(3.5), 16: cell(9.0)},
         "chain:pad-rec": {1: cell(3.0), 4: cell(5.0), 16: cell(8.5)},
         "tree:pad-rec": {1: cell(4.0)},
+        "perfect:5": {1: cell(9.0), 4: cell(9.0), 16: cell(20.0)},
     }
     report = summarize(cfg, cells, users, SimpleNamespace(list_len=5))
     assert report["speculation_pays"] == {"1": True, "4": True, "16": False}

@@ -240,6 +240,12 @@ class BatchDraft:
             row.draft_known += m
         return [out.features[b, m - 1] if m else None for b, m in enumerate(lengths)]
 
+    reads_features = True  # the batch hands it each row's kept target features (``_Row.pending``)
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only these rows of the draft's cache, in this order."""
+        self.cache.select(rows)
+
     def prefill(self, rows: list[_Row]) -> None:
         """Read the prompts of rows joining the batch (all but their last position, which the next round's
         :meth:`propose` reads) in a forward of their own; their cache rows then join the batch's."""
@@ -313,9 +319,13 @@ class BatchDecoder:
     Args:
         engine: the engine whose target (and draft, drafting chains) decodes the batch.
         batch_size: rows decoded together.
+        draft: a batch proposer used instead of the engine's draft: ``prefill(rows)`` when rows join,
+            ``propose(rows)`` returning one :class:`~.proposers.Proposal` per row, ``select(rows)`` when rows
+            leave, and ``reads_features`` (True to be handed each row's kept target features in ``row.pending``).
+            None: the engine's draft chain (:class:`BatchDraft`), or no draft.
     """
 
-    def __init__(self, engine: Engine, batch_size: int):
+    def __init__(self, engine: Engine, batch_size: int, draft=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if engine.width is not None:
@@ -326,7 +336,9 @@ class BatchDecoder:
         self.engine, self.scorer, self.batch_size = engine, engine.scorer, batch_size
         self.device = self.scorer.device
         proposer = engine.proposer
-        self.draft = BatchDraft(proposer) if isinstance(proposer, DraftProposer) else None
+        if draft is None and isinstance(proposer, DraftProposer):
+            draft = BatchDraft(proposer)
+        self.draft = draft
         self.pad_id = engine.trie.eos_id
 
     def _verify(self, rows: list[_Row], cache: RaggedCache, proposals: list[Proposal]) -> None:
@@ -353,7 +365,7 @@ class BatchDecoder:
             start += len(ns)
             path = row.request.accept(proposal, block, {n: i for i, n in enumerate(ns)}, self.device)
             kept.append(row.request.commit(proposal, path, seconds))
-            if self.draft is not None:
+            if self.draft is not None and self.draft.reads_features:
                 row.pending.append(hidden[b : b + 1, : kept[-1]])
         kept_t = torch.tensor(kept, device=self.device)
         cache.extend(torch.arange(width, device=self.device)[None] < kept_t[:, None])
@@ -417,5 +429,5 @@ class BatchDecoder:
         done += [r for r, f in zip(active, finished, strict=True) if f]
         cache.select(keep)
         if self.draft is not None:
-            self.draft.cache.select(keep)
+            self.draft.select(keep)
         return [active[b] for b in keep]

@@ -1,0 +1,93 @@
+"""What the study trains and measures: draft cells, grouped into bench groups, for each factor.
+
+A *draft* is one trained PAD-Rec ablation: (dataset, target, variant, seed, steps, train depth). A *group* is the
+drafts that are benched together, interleaved request by request on the same users: every variant trained with
+one (dataset, target, seed, steps, train depth). Factors share groups: the ablation's groups at the base budget
+and depth are also the budget factor's and the depth factor's middle points, so nothing is trained twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+VARIANTS = {  # the four-way ablation: variant -> (item-slot signal, draft-step signal)
+    "pad-rec": (True, True),
+    "item-only": (True, False),
+    "step-only": (False, True),
+    "no-position": (False, False),
+}
+FACTORS = ("ablation", "budget", "depth")
+DATASETS = ("Instruments", "Beauty", "beauty-timesplit")
+BASE_STEPS, BUDGETS = 500, (150, 500, 1500)
+BASE_DEPTH, DEPTHS = 12, (5, 12)  # unrolled steps in training; an engine round of 5 choices steps ~12 tokens
+PAIR = ("pad-rec", "no-position")  # the budget and depth factors compare the full draft with no signals
+
+
+@dataclass(frozen=True, order=True)
+class Group:
+    """Drafts benched together: every ``variants`` draft of one (dataset, target, seed, steps, depth)."""
+
+    dataset: str
+    seed: int
+    steps: int = BASE_STEPS
+    depth: int = BASE_DEPTH
+    target: str = "ref"
+    variants: tuple[str, ...] = tuple(VARIANTS)
+
+    @property
+    def name(self) -> str:
+        """A stable folder name (the variants are part of it: a group of two is not a group of four)."""
+        tag = "all" if self.variants == tuple(VARIANTS) else "+".join(self.variants)
+        return f"{self.dataset}-{self.target}-seed{self.seed}-steps{self.steps}-depth{self.depth}-{tag}"
+
+    def draft_name(self, variant: str) -> str:
+        return f"draft-{variant}-seed{self.seed}-steps{self.steps}-depth{self.depth}"
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "variants": list(self.variants), "name": self.name}
+
+
+def plan(factors=FACTORS, datasets=DATASETS, seeds=(0, 1, 2)) -> list[Group]:
+    """Every group the chosen factors need, each once: the first dataset's four-way groups first (seed by
+    seed), then its budget and depth groups (shortest training first), then the other datasets."""
+    unknown = sorted(set(factors) - set(FACTORS))
+    if unknown:
+        raise ValueError(f"unknown factor(s) {', '.join(unknown)}; factors: {', '.join(FACTORS)}")
+    groups: set[Group] = set()
+    for seed in seeds:
+        if "ablation" in factors:
+            groups |= {Group(d, seed) for d in datasets}
+        first = datasets[0]  # the budget and depth factors run on the first dataset only
+        if "budget" in factors:
+            groups |= {Group(first, seed, steps=s, variants=_pair(s, BASE_DEPTH)) for s in BUDGETS}
+        if "depth" in factors:
+            groups |= {Group(first, seed, depth=d, variants=_pair(BASE_STEPS, d)) for d in DEPTHS}
+    # a pair group whose cell is also a full group is the full group (same drafts, more of them)
+    full = {(g.dataset, g.seed, g.steps, g.depth, g.target) for g in groups if g.variants == tuple(VARIANTS)}
+    kept = [g for g in groups if g.variants == tuple(VARIANTS) or _key(g) not in full]
+    return sorted(
+        kept,
+        key=lambda g: (g.dataset != datasets[0], len(g.variants) < len(VARIANTS), g.steps, g.seed, g.name),
+    )
+
+
+def _pair(steps: int, depth: int) -> tuple[str, ...]:
+    return PAIR if (steps, depth) != (BASE_STEPS, BASE_DEPTH) else tuple(VARIANTS)
+
+
+def _key(g: Group) -> tuple:
+    return (g.dataset, g.seed, g.steps, g.depth, g.target)
+
+
+def member_of(group: Group, base_steps: int = BASE_STEPS, base_depth: int = BASE_DEPTH) -> list[str]:
+    """The factors a group's results count for: the four-way ablation at the base budget and depth; the budget
+    factor at the base depth, the depth factor at the base budget (both need the pad-rec / no-position pair)."""
+    factors = []
+    pair = set(PAIR) <= set(group.variants)
+    if (group.steps, group.depth) == (base_steps, base_depth) and group.variants == tuple(VARIANTS):
+        factors.append("ablation")
+    if group.depth == base_depth and pair:
+        factors.append("budget")
+    if group.steps == base_steps and pair:
+        factors.append("depth")
+    return factors

@@ -1,0 +1,280 @@
+"""The study's report, recomputed from the committed per-group results alone.
+
+For every factor and cell (the seeds of one setting pooled): each variant's speedup over ``ar`` (stock
+``generate`` greedy) through the engine's chain and tree, its latency ratio against the no-position draft on the
+same requests (> 1: the variant is faster), tokens per target forward (τ), and the draft's acceptance by step
+and by item slot; every figure with a 95% interval from :mod:`.stats`. Writes ``report.md``, ``report.json`` and
+one plot per factor; the conclusion lines are read off the intervals.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .plan import BASE_DEPTH, BASE_STEPS, FACTORS, VARIANTS, Group, member_of
+from .stats import Estimate, geometric_mean, ratio_of_sums
+
+NONE = "no-position"
+KINDS = {"chain": "", "tree": "tree:"}  # kind -> method-name prefix
+
+
+@dataclass
+class GroupResult:
+    group: Group
+    summary: dict
+    requests: dict[str, dict[str, dict]]  # method -> user -> record
+
+
+def load_results(results: Path) -> list[GroupResult]:
+    out = []
+    for folder in sorted((results / "groups").glob("*/")):
+        summary_path, requests_path = folder / "group.json", folder / "requests.jsonl"
+        if not summary_path.is_file() or not requests_path.is_file():
+            continue
+        summary = json.loads(summary_path.read_text())
+        g = summary["group"]
+        group = Group(g["dataset"], g["seed"], g["steps"], g["depth"], g["target"], tuple(g["variants"]))
+        requests: dict[str, dict[str, dict]] = {}
+        for line in requests_path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                requests.setdefault(r["method"], {})[r["user"]] = r
+        out.append(GroupResult(group, summary, requests))
+    return out
+
+
+def _cells(results: list[GroupResult], factor: str, base: tuple[int, int]) -> dict[tuple, list[GroupResult]]:
+    """A factor's groups by cell (every field but the seed): (dataset, target[, steps or train depth])."""
+    cells: dict[tuple, list[GroupResult]] = {}
+    for r in results:
+        g = r.group
+        if factor not in member_of(g, *base):
+            continue
+        key = (g.dataset, g.target) + ({"budget": (g.steps,), "depth": (g.depth,)}.get(factor, ()))
+        cells.setdefault(key, []).append(r)
+    return dict(sorted(cells.items()))
+
+
+def _paired(results: list[GroupResult], num: str, den: str, field: str = "latency_ms") -> list[np.ndarray]:
+    """Per seed: ``num``'s figure over ``den``'s on every request both measured."""
+    per_seed = []
+    for r in results:
+        a, b = r.requests.get(num, {}), r.requests.get(den, {})
+        users = sorted(set(a) & set(b))
+        per_seed.append(np.array([a[u][field] / b[u][field] for u in users]))
+    return per_seed
+
+
+def _rows(results: list[GroupResult], method: str, pick) -> list[np.ndarray]:
+    return [np.array([pick(rec) for rec in r.requests.get(method, {}).values()]) for r in results]
+
+
+def _alpha(results: list[GroupResult], method: str, key: str, index: int) -> Estimate | None:
+    def pick(rec):
+        counts = rec[key]
+        reached, accepted = counts[index] if index < len(counts) else (0, 0)
+        return (accepted, reached)
+
+    rows = _rows(results, method, pick)
+    if sum(r[:, 1].sum() for r in rows if len(r)) == 0:
+        return None
+    return ratio_of_sums(rows)
+
+
+def variant_figures(results: list[GroupResult], variant: str, kind: str) -> dict:
+    method = KINDS[kind] + variant
+    if not any(method in r.requests for r in results):
+        return {}
+    figures = {
+        "speedup_vs_ar": geometric_mean(_paired(results, "ar", method)),
+        "tau": ratio_of_sums(_rows(results, method, lambda rec: (rec["tokens"], rec["target_forwards"]))),
+    }
+    if variant != NONE and any(KINDS[kind] + NONE in r.requests for r in results):
+        figures["vs_no_position"] = geometric_mean(_paired(results, KINDS[kind] + NONE, method))
+    steps = max(
+        (len(rec["by_step"]) for r in results for rec in r.requests.get(method, {}).values()), default=0
+    )
+    figures["alpha_by_step"] = [_alpha(results, method, "by_step", k) for k in range(steps)]
+    return figures
+
+
+def build_report(results_dir: Path, base_steps: int = BASE_STEPS, base_depth: int = BASE_DEPTH) -> dict:
+    """Every factor's cells from the per-group results in ``results_dir``; ``base_steps`` and ``base_depth``: the
+    budget and depth the ablation was trained at (the plan's)."""
+    results = load_results(results_dir)
+    report: dict = {"groups": len(results), "factors": {}, "cpu": _cpu(results)}
+    report["base"] = {"steps": base_steps, "depth": base_depth}
+    for factor in FACTORS:
+        cells = []
+        for key, members in _cells(results, factor, (base_steps, base_depth)).items():
+            variants = [v for v in VARIANTS if all(v in m.group.variants for m in members)]
+            cell = {"cell": list(key), "seeds": sorted(m.group.seed for m in members), "variants": {}}
+            for v in variants:
+                cell["variants"][v] = {kind: _json(variant_figures(members, v, kind)) for kind in KINDS}
+            cells.append(cell)
+        report["factors"][factor] = cells
+    report["conclusion"] = conclusion(report)
+    return report
+
+
+def _json(figures: dict) -> dict:
+    out = {}
+    for k, v in figures.items():
+        if isinstance(v, list):
+            out[k] = [None if e is None else e.to_json() for e in v]
+        else:
+            out[k] = v.to_json()
+    return out
+
+
+def _cpu(results: list[GroupResult]) -> dict:
+    train = sum((d.get("train_seconds") or 0) for r in results for d in r.summary["drafts"].values())
+    bench = sum(r.summary["bench"]["wall_s"] for r in results)
+    return {"train_s": round(train, 1), "bench_s": round(bench, 1)}
+
+
+def _fmt(e: dict | None) -> str:
+    return "—" if not e else f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def _verdict(e: dict) -> str:
+    if e["low"] > 1:
+        return f"faster than the no-position draft by {100 * (e['value'] - 1):.1f}%"
+    if e["high"] < 1:
+        return f"slower than the no-position draft by {100 * (1 - e['value']):.1f}%"
+    return "not distinguishable from the no-position draft"
+
+
+def conclusion(report: dict) -> list[str]:
+    """One line per (factor, cell, variant, kind) with a comparison to the no-position draft, read off the
+    interval (an interval that holds 1 resolves no difference)."""
+    lines = []
+    for factor, cells in report["factors"].items():
+        for cell in cells:
+            for variant, kinds in cell["variants"].items():
+                for kind, figures in kinds.items():
+                    e = figures.get("vs_no_position")
+                    if e:
+                        lines.append(
+                            f"{factor} {'/'.join(map(str, cell['cell']))}, {kind}: {variant} is {_verdict(e)} "
+                            f"({_fmt(e)}; {e['seeds']} seed(s), {e['requests']} requests)"
+                        )
+    return lines
+
+
+def report_markdown(report: dict) -> str:
+    cpu = report["cpu"]
+    lines = [
+        "# The position-signal study",
+        "",
+        f"{report['groups']} group(s) of drafts benched. Every figure: value [95% interval], a bootstrap over "
+        "seeds and users (`modeling_padrec/study/stats.py`). *vs no-position*: the no-position draft's latency "
+        "over the variant's on the same request, as a geometric mean (> 1: the variant is faster). Speedups are "
+        "over `ar` (stock `generate` greedy) on the same request. CPU time so far: "
+        f"{cpu['train_s'] / 3600:.1f} h training, {cpu['bench_s'] / 3600:.1f} h benching.",
+        "",
+    ]
+    titles = {"ablation": ("dataset",), "budget": ("dataset", "steps"), "depth": ("dataset", "train depth")}
+    for factor, cells in report["factors"].items():
+        lines += [f"## {factor}", ""]
+        if not cells:
+            lines += ["No group of this factor has been run yet.", ""]
+            continue
+        head = [*titles[factor], "seeds", "variant"]
+        cols = ["chain ×ar", "chain vs no-position", "tree ×ar", "tree vs no-position", "chain τ"]
+        lines += ["| " + " | ".join(head + cols) + " |", "|" + "---|" * (len(head) + len(cols))]
+        for cell in cells:
+            key = cell["cell"]
+            shown = [key[0]] + ([str(key[2])] if factor != "ablation" else [])
+            for variant, kinds in cell["variants"].items():
+                chain, tree = kinds["chain"], kinds["tree"]
+                row = [*shown, ",".join(map(str, cell["seeds"])), variant,
+                       _fmt(chain.get("speedup_vs_ar")), _fmt(chain.get("vs_no_position")),
+                       _fmt(tree.get("speedup_vs_ar")), _fmt(tree.get("vs_no_position")), _fmt(chain.get("tau"))]  # fmt: skip
+                lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+        lines += [f"![{factor}]({factor}.png)", ""]
+    lines += ["## Acceptance by draft step (chain, ablation cells)", ""]
+    for cell in report["factors"].get("ablation", []):
+        for variant, kinds in cell["variants"].items():
+            alphas = kinds["chain"].get("alpha_by_step", [])
+            lines.append(f"- {cell['cell'][0]} {variant}: " + ", ".join(_fmt(a) for a in alphas[:6]))
+    lines += ["", "## What the intervals say", ""]
+    lines += [f"- {line}" for line in report["conclusion"]] or ["- Nothing yet: no comparison has been run."]
+    lines += ["", "Regenerate: `padrec study report`. Rerun one group: see `padrec study run --help`.", ""]
+    return "\n".join(lines)
+
+
+def plot_factor(report: dict, factor: str, path: Path) -> Path | None:
+    from ..plots import _figure, _save
+
+    cells = report["factors"].get(factor) or []
+    points = []
+    for cell in cells:
+        label = "/".join(map(str, cell["cell"][:1] + cell["cell"][2:]))
+        for variant, kinds in cell["variants"].items():
+            e = kinds["chain"].get("vs_no_position")
+            if e:
+                points.append((f"{label}\n{variant}", e))
+    if not points:
+        return None
+    fig, ax = _figure(figsize=(max(4, 0.9 * len(points)), 3.5))
+    xs = range(len(points))
+    values = [e["value"] for _, e in points]
+    errors = [[e["value"] - e["low"] for _, e in points], [e["high"] - e["value"] for _, e in points]]
+    ax.errorbar(xs, values, yerr=errors, fmt="o", capsize=3)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(list(xs), [p[0] for p in points], fontsize=7)
+    ax.set_ylabel("no-position latency / variant latency")
+    ax.set_title(f"{factor}: engine chain vs the no-position draft (95% intervals)", fontsize=9)
+    return _save(fig, path)
+
+
+README_START, README_END = "<!-- study:start -->", "<!-- study:end -->"
+
+
+def readme_block(report: dict, results_dir: Path) -> str:
+    """What the README shows of the study: its state and the conclusion lines, all read off the report."""
+    cpu = report["cpu"]
+    lines = [
+        README_START,
+        "",
+        f"From `{results_dir}/report.md` (`padrec study report`): {report['groups']} group(s) benched so far, "
+        f"{cpu['train_s'] / 3600:.1f} h of training and {cpu['bench_s'] / 3600:.1f} h of benching on the "
+        "development CPU.",
+        "",
+        *([f"- {line}" for line in report["conclusion"]] or ["- No comparison has been run yet."]),
+        "",
+        README_END,
+    ]
+    return "\n".join(lines)
+
+
+def write_report(results_dir: Path, readme: Path | None = None, **base) -> dict:
+    """Write ``report.json``, ``report.md`` and a plot per factor into ``results_dir`` (``base``: as
+    :func:`build_report`); with ``readme``, rewrite its block between ``<!-- study:start -->`` and
+    ``<!-- study:end -->``."""
+    from ..errors import PadrecError
+    from ..fileio import atomic_file
+
+    report = build_report(results_dir, **base)
+    if readme is not None:
+        text = Path(readme).read_text()
+        if README_START not in text or README_END not in text:
+            raise PadrecError(f"{readme}: no {README_START} ... {README_END} block")
+        head, rest = text.split(README_START, 1)
+        text = head + readme_block(report, results_dir) + rest.split(README_END, 1)[1]
+    with atomic_file(results_dir / "report.json", "w") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
+    with atomic_file(results_dir / "report.md", "w") as f:
+        f.write(report_markdown(report))
+    for factor in FACTORS:
+        plot_factor(report, factor, results_dir / f"{factor}.png")
+    if readme is not None:
+        with atomic_file(readme, "w") as f:
+            f.write(text)
+    return report

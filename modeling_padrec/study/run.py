@@ -1,0 +1,170 @@
+"""Run the study's groups, resumably: train each missing draft, bench the group, keep the per-request results.
+
+A group's results are a folder ``<results>/groups/<group name>/`` written whole or not at all (staged, then moved
+into place): ``group.json`` (the group, the bench settings, the hardware, every draft's training time and final
+metrics, the bench's wall time) and ``requests.jsonl`` (one line per method and request: latency, target
+forwards, tokens, draft time and steps, and the draft's acceptance by step and by item slot). A group whose
+folder exists is done; a draft whose folder holds a model is trained; a draft training that was killed resumes
+from its last checkpoint. So ``padrec study run`` can be stopped at any time and run again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import PadrecError
+from .plan import VARIANTS, Group
+
+ENGINE_DEPTH = 5  # choices per chain round, as in the reference bench
+TREE = {
+    "budget": 6,
+    "width": 3,
+    "depth": 2,
+}  # the shape the reference bench's calibration chose on Instruments
+
+
+@dataclass
+class StudyPaths:
+    """Where the study reads and writes: ``runs`` (targets, distillation caches, drafts: not committed),
+    ``data`` (the dataset folders), ``results`` (the committed per-group results)."""
+
+    runs: Path = Path("runs")
+    data: Path = Path("../shared/data")
+    results: Path = Path("results/study")
+
+    def target(self, group: Group) -> Path:
+        if group.target != "ref":
+            raise PadrecError(f"group {group.name}: unknown target {group.target!r} (the study knows 'ref')")
+        return self.runs / "ref" / group.dataset / "target"
+
+    def cache(self, group: Group) -> Path:
+        """The target's lists and features the drafts are distilled from; the training seed also picks the
+        training users, so each seed has its own (seed 0's is the reference drafts' cache)."""
+        name = "distill-cache" if group.seed == 0 else f"distill-cache-seed{group.seed}"
+        return self.runs / "ref" / group.dataset / name
+
+    def draft(self, group: Group, variant: str) -> Path:
+        return self.runs / "study" / group.dataset / group.target / group.draft_name(variant)
+
+    def group_dir(self, group: Group) -> Path:
+        return self.results / "groups" / group.name
+
+
+@dataclass
+class RunSettings:
+    users: int = 200  # test users benched per group
+    draft_users: int = 4000  # training users per draft (the reference drafts' recipe)
+    device: str = "cpu"
+    progress: bool = True
+    log: list[str] = field(default_factory=list)
+
+
+def is_done(group: Group, paths: StudyPaths) -> bool:
+    return (paths.group_dir(group) / "group.json").is_file()
+
+
+def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dict[str, dict]:
+    """Train every draft of the group that has no model yet; returns each draft's training record."""
+    from ..draft_training import train_draft
+
+    target = paths.target(group)
+    if not (target / "padrec_target.json").is_file():
+        raise PadrecError(f"{target}: no target; build it first (make reference-target DATA={group.dataset})")
+    records = {}
+    for variant in group.variants:
+        out = paths.draft(group, variant)
+        if not (out / "model.safetensors").is_file():
+            item, step = VARIANTS[variant]
+            _say(
+                settings,
+                f"study: training {out} ({group.steps} steps, depth {group.depth}, seed {group.seed})",
+            )
+            train_draft(
+                target, paths.data / group.dataset, out, depth=group.depth, use_item_position=item,
+                use_step_position=step, max_steps=group.steps, seed=group.seed, max_users=settings.draft_users,
+                cache_dir=str(paths.cache(group)),
+            )  # fmt: skip
+        records[variant] = training_record(out)
+    return records
+
+
+def training_record(draft_dir: Path) -> dict:
+    """A trained draft's CPU cost and final metrics, from its own ``train_log.jsonl`` and ``padrec_draft.json``."""
+    lines = [json.loads(x) for x in (draft_dir / "train_log.jsonl").read_text().splitlines() if x.strip()]
+    meta = json.loads((draft_dir / "padrec_draft.json").read_text())
+    return {
+        "train_seconds": lines[-1].get("elapsed_s") if lines else None,
+        "steps": meta["args"]["max_steps"],
+        "final": meta.get("final"),
+    }
+
+
+def bench_group(group: Group, paths: StudyPaths, settings: RunSettings, records: dict) -> Path:
+    """Bench the group's drafts (engine chain and tree each, with ``ar`` and ``ar-jf``) on the same users,
+    interleaved; write the group's results folder."""
+    from ..bench import BenchConfig, TreeSpec, acceptance_counts, bench_run
+    from ..fileio import staged_dir
+
+    drafts = [f"{v}={paths.draft(group, v)}" for v in group.variants]
+    only = ["ar-jf", *group.variants, *(f"tree:{v}" for v in group.variants)]
+    cfg = BenchConfig(
+        target=str(paths.target(group)), data=str(paths.data / group.dataset), drafts=drafts,
+        users=settings.users, device=settings.device, only=only, engine_depth=ENGINE_DEPTH,
+        tree=TreeSpec(**TREE), seed=group.seed,
+    )  # fmt: skip
+    _say(settings, f"study: benching {group.name} on {settings.users} users")
+    result = bench_run(cfg, progress=settings.progress)
+    report, runs, token_map = result.report, result.runs, result.rec.token_map
+    out = paths.group_dir(group)
+    with staged_dir(out) as tmp:
+        summary = {
+            "group": group.to_json(),
+            "bench": {
+                "users": settings.users, "engine_depth": ENGINE_DEPTH, "tree": TREE, "methods": list(runs),
+                "wall_s": report["wall_s"], "config": report["config"],
+            },
+            "hardware": report["hardware"],
+            "drafts": records,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }  # fmt: skip
+        (tmp / "group.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with open(tmp / "requests.jsonl", "w") as f:
+            for name, measurements in runs.items():
+                for m in measurements:
+                    by_step, by_slot = acceptance_counts(m, token_map)
+                    record = {
+                        "method": name, "user": m.user, "latency_ms": round(m.latency_ms, 3),
+                        "target_forwards": m.target_forwards, "tokens": len(m.output_ids),
+                        "draft_ms": round(m.draft_ms, 3), "draft_steps": m.draft_steps,
+                        "by_step": by_step, "by_slot": by_slot,
+                    }  # fmt: skip
+                    f.write(json.dumps(record, separators=(",", ":")) + "\n")
+    return out
+
+
+def run_groups(
+    groups: list[Group], paths: StudyPaths, settings: RunSettings, limit: int | None = None
+) -> list:
+    """Run every group not done yet (at most ``limit`` of them), in order; returns the groups run."""
+    ran = []
+    for group in groups:
+        if limit is not None and len(ran) >= limit:
+            break
+        if is_done(group, paths):
+            continue
+        t0 = time.time()
+        records = train_missing(group, paths, settings)
+        bench_group(group, paths, settings, records)
+        _say(settings, f"study: {group.name} done in {time.time() - t0:.0f} s -> {paths.group_dir(group)}")
+        ran.append(group)
+    return ran
+
+
+def _say(settings: RunSettings, line: str) -> None:
+    settings.log.append(line)
+    if settings.progress:
+        print(line, file=sys.stderr)

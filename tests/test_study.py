@@ -1,0 +1,115 @@
+"""``padrec study``: the plan's groups, the bootstrap intervals, a group trained, benched and reported end to end,
+resuming, and the refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_cli import assert_clean_error, padrec
+
+from modeling_padrec.study.plan import BUDGETS, PAIR, VARIANTS, Group, member_of, plan
+from modeling_padrec.study.report import load_results, report_markdown, write_report
+from modeling_padrec.study.run import RunSettings, StudyPaths, is_done, run_groups
+from modeling_padrec.study.stats import geometric_mean, ratio_of_sums
+
+
+def test_plan_trains_every_draft_once_and_covers_every_factor():
+    groups = plan(datasets=("A", "B"), seeds=(0, 1))
+    names = [g.name for g in groups]
+    assert len(names) == len(set(names))
+    drafts = [(g.dataset, g.seed, g.steps, g.depth, v) for g in groups for v in g.variants]
+    assert len(drafts) == len(set(drafts))  # no draft trained twice
+    for seed in (0, 1):
+        for dataset in ("A", "B"):  # the ablation: all four variants at the base budget and depth
+            assert any(g.dataset == dataset and g.seed == seed and "ablation" in member_of(g) for g in groups)
+        for steps in BUDGETS:  # the budget factor on the first dataset only
+            assert any(g.dataset == "A" and g.seed == seed and g.steps == steps for g in groups)
+        assert not any(g.dataset == "B" and g.steps != 500 for g in groups)
+    assert groups[0].variants == tuple(VARIANTS) and groups[0].dataset == "A"  # the core question first
+    with pytest.raises(ValueError, match="unknown factor"):
+        plan(factors=("ablation", "speed"))
+
+
+def test_intervals():
+    rng = np.random.default_rng(0)
+    same = geometric_mean([np.full(50, 2.0), np.full(40, 2.0)])
+    assert (same.value, same.low, same.high, same.seeds, same.requests) == (2.0, 2.0, 2.0, 2, 90)
+    noisy = geometric_mean([np.exp(rng.normal(0.1, 0.2, 200)) for _ in range(3)])
+    assert noisy.low < noisy.value < noisy.high and noisy.excludes(1.0)
+    flat = geometric_mean([np.exp(rng.normal(0.0, 0.2, 200)) for _ in range(3)])
+    assert not flat.excludes(1.0)
+    one_seed = geometric_mean([np.exp(rng.normal(0.0, 0.2, 200))])
+    assert one_seed.seeds == 1 and one_seed.low < one_seed.high
+    tau = ratio_of_sums([np.array([[10, 2], [20, 3]]), np.array([[6, 1]])])
+    assert tau.value == pytest.approx(36 / 6)
+
+
+@pytest.mark.slow
+def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synthetic_dir, tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "ref" / synthetic_dir.name).mkdir(parents=True)
+    (runs / "ref" / synthetic_dir.name / "target").symlink_to(tiny_target)
+    paths = StudyPaths(runs, synthetic_dir.parent, tmp_path / "results")
+    group = Group(synthetic_dir.name, seed=0, steps=6, depth=3, variants=PAIR)
+    settings = RunSettings(users=4, draft_users=40, progress=False)
+    assert run_groups([group], paths, settings) == [group]
+    folder = paths.group_dir(group)
+    summary = json.loads((folder / "group.json").read_text())
+    assert summary["group"]["name"] == group.name
+    assert set(summary["drafts"]) == set(PAIR)
+    assert all(d["steps"] == 6 and d["train_seconds"] > 0 for d in summary["drafts"].values())
+    lines = [json.loads(x) for x in (folder / "requests.jsonl").read_text().splitlines()]
+    methods = {"ar", "ar-jf", *PAIR, *(f"tree:{v}" for v in PAIR)}
+    assert {r["method"] for r in lines} == methods and len(lines) == 4 * len(methods)
+    for r in lines:
+        assert r["latency_ms"] > 0 and r["target_forwards"] >= 1 and r["tokens"] > 0
+        if r["method"] in PAIR:  # a chain drafts: its steps were reached and some accepted or not
+            assert r["by_step"] and all(0 <= a <= n for n, a in r["by_step"])
+            assert sum(n for n, _ in r["by_step"]) == sum(n for n, _ in r["by_slot"])
+    # resuming: a done group is not run again; its drafts are not retrained
+    stamp = (paths.draft(group, "pad-rec") / "model.safetensors").stat().st_mtime_ns
+    assert is_done(group, paths) and run_groups([group], paths, settings) == []
+    assert (paths.draft(group, "pad-rec") / "model.safetensors").stat().st_mtime_ns == stamp
+    # the report is recomputed from the files alone, and agrees with them
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- study:start -->\nold\n<!-- study:end -->\ntail\n")
+    report = write_report(paths.results, readme=readme, base_steps=6, base_depth=3)
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- study:end -->\ntail\n")
+    assert all(line in text for line in report["conclusion"]) and report["conclusion"]
+    assert json.loads((paths.results / "report.json").read_text()) == report
+    assert (paths.results / "depth.png").stat().st_size > 0 and not (paths.results / "ablation.png").exists()
+    (cell,) = report["factors"]["depth"]
+    chain = cell["variants"]["pad-rec"]["chain"]
+    by_user = {}
+    for r in lines:
+        by_user.setdefault(r["method"], {})[r["user"]] = r
+    ratios = [by_user["ar"][u]["latency_ms"] / by_user["pad-rec"][u]["latency_ms"] for u in by_user["ar"]]
+    assert chain["speedup_vs_ar"]["value"] == pytest.approx(float(np.exp(np.mean(np.log(ratios)))), rel=1e-3)
+    assert chain["speedup_vs_ar"]["seeds"] == 1 and chain["speedup_vs_ar"]["requests"] == 4
+    assert "vs_no_position" in chain and "vs_no_position" not in cell["variants"]["no-position"]["chain"]
+    assert report["factors"]["ablation"] == []  # a group of two is not the four-way ablation
+    assert len(load_results(paths.results)) == 1
+    assert "## depth" in (paths.results / "report.md").read_text() == report_markdown(report)
+
+
+def test_study_refusals(tmp_path):
+    assert_clean_error(padrec("study", "plan", "--seeds", "x"), "--seeds")
+    assert_clean_error(padrec("study", "plan", "--factors", "speed", "--data-root", tmp_path,
+                              "--datasets", "."), "--factors")  # fmt: skip
+    assert_clean_error(padrec("study", "plan", "--datasets", "nowhere", "--data-root", tmp_path), "nowhere")
+    assert_clean_error(padrec("study", "report", "--results", tmp_path / "none"), "groups/")
+    (tmp_path / "groups").mkdir()
+    assert_clean_error(
+        padrec("study", "report", "--results", tmp_path, "--readme", tmp_path / "no.md"), "--readme"
+    )
+    (tmp_path / "plain.md").write_text("no markers\n")
+    assert_clean_error(
+        padrec("study", "report", "--results", tmp_path, "--readme", tmp_path / "plain.md"), "study:start"
+    )
+    assert (tmp_path / "plain.md").read_text() == "no markers\n"
+    assert_clean_error(
+        padrec("study", "run", "--data-root", tmp_path, "--datasets", ".", "--only", "x-y"), "--only"
+    )
