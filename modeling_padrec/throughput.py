@@ -329,8 +329,9 @@ def throughput_markdown(report: dict) -> str:
         *(
             [
                 f"`{BOUND}D` and `{BOUND}list` are bounds, not ways to serve: the engine with a draft that proposes "
-                "the target's own list at no cost, D choices a round or the whole list at once. No draft of depth "
-                f"D serves more users per second than `{BOUND}D` here.",
+                "the target's own list at no cost, D choices a round or the whole list at once. A draft of depth D "
+                f"(accepting at most everything, at some cost) cannot serve more users per second than `{BOUND}D` "
+                "on this machine, up to run-to-run noise.",
                 "",
             ]
             if any(n.startswith(BOUND) for n in methods)
