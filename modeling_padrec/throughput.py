@@ -10,7 +10,7 @@ Methods, all on the same users and the same target:
 * ``perfect:D`` and ``perfect:list`` — bounds, not ways to serve: the batched engine with a :class:`PerfectDraft`
   that proposes the target's own list (known from an untimed run) at no cost, ``D`` choices a round (the chains'
   depth) or the whole list in one round. No draft of that depth can serve more users per second than
-  ``perfect:D`` on this machine; no draft at all more than ``perfect:list``.
+  ``perfect:D`` on this machine, nor any draft more than ``perfect:list`` (up to run-to-run noise).
 
 Per batch size the methods run one after another in rotated order (no method always first), ``repeats`` times;
 users per second is the median over repeats. Latency is per user: for ``generate`` the time of the user's batch,
@@ -106,12 +106,17 @@ def run_generate(rec, prompts: list[list[int]], batch_size: int) -> tuple[list, 
     return outputs, latency, forwards
 
 
-def run_engine(rec, engine, prompts: list[list[int]], batch_size: int) -> tuple[list, list[float], int]:
-    """The engine: continuous batching, or one request at a time for a draft tree."""
+def run_engine(
+    rec, engine, prompts: list[list[int]], batch_size: int, draft=None
+) -> tuple[list, list[float], int]:
+    """The engine: continuous batching (with ``draft``, a batch proposer such as :class:`PerfectDraft`, in place
+    of the engine's own), or one request at a time for a draft tree."""
     outputs: list = [None] * len(prompts)
     latency: list = [None] * len(prompts)
     forwards = 0
-    if engine.width is not None:
+    if draft is not None:
+        results = BatchDecoder(engine, batch_size, draft=draft).run(prompts)
+    elif engine.width is not None:
         results = ((i, engine.generate(p)) for i, p in enumerate(prompts))
     else:
         results = engine.generate_batch(prompts, batch_size=batch_size)
@@ -125,7 +130,7 @@ class PerfectDraft:
     """A batch proposer that knows the answer: each row's next tokens of the target's own list ``lists[index]``,
     ``depth`` choices a round with the forced run after the last one (None: the rest of the list), at no cost.
     What it reaches bounds every draft of that depth on the same engine and machine; it is not a way to serve,
-    since it needs the list it is asked for. Used through ``BatchDecoder(engine, batch_size, draft=...)``."""
+    since it needs the list it is asked for. Used through ``run_engine(..., draft=...)``."""
 
     reads_features = False
 
@@ -153,17 +158,6 @@ class PerfectDraft:
                 proposal.q.append(None)
             proposals.append(proposal)
         return proposals
-
-
-def run_bound(rec, engine, draft: PerfectDraft, prompts: list[list[int]], batch_size: int):
-    """The batched engine with ``draft`` proposing: (lists, per-user latency ms, target forwards)."""
-    outputs: list = [None] * len(prompts)
-    latency: list = [None] * len(prompts)
-    forwards = 0
-    for i, out in BatchDecoder(engine, batch_size, draft=draft).run(prompts):
-        outputs[i], latency[i] = rec.trim(out.output_ids), 1000 * out.seconds
-        forwards += out.target_forwards
-    return outputs, latency, forwards
 
 
 def run_throughput(cfg: ThroughputConfig, out: str | Path | None = None, progress: bool = True) -> dict:
@@ -208,7 +202,7 @@ def run_throughput(cfg: ThroughputConfig, out: str | Path | None = None, progres
         if name == "generate":
             return run_generate(rec, subset, batch)
         if name in bounds:
-            return run_bound(rec, engines["ar-jf"], bounds[name], subset, batch)
+            return run_engine(rec, engines["ar-jf"], subset, batch, draft=bounds[name])
         return run_engine(rec, engines[name], subset, batch)
 
     def sizes(name: str) -> list[int]:
