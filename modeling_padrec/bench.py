@@ -593,7 +593,8 @@ def bench_run(cfg: BenchConfig, progress: bool = True) -> BenchRun:
             else {k: v for k, v in cfg.tree.__dict__.items() if k != "progress"},
             "target": _where(cfg.target),
             "data": _where(cfg.data),
-            "drafts": [m.source for m in methods if m.kind == "draft"],
+            # every PAD-Rec draft benched, by stock generate or only by the engine (--only)
+            "drafts": list(dict.fromkeys(m.source for m in methods if m.draft is not None)),
             "list_len": rec.list_len,
             "measured_requests": len(users),
         },

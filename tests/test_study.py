@@ -59,6 +59,9 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     summary = json.loads((folder / "group.json").read_text())
     assert summary["group"]["name"] == group.name
     assert set(summary["drafts"]) == set(PAIR)
+    assert (
+        len(summary["bench"]["config"]["drafts"]) == 2
+    )  # the drafts benched, though only through the engine
     assert all(d["steps"] == 6 and d["train_seconds"] > 0 for d in summary["drafts"].values())
     lines = [json.loads(x) for x in (folder / "requests.jsonl").read_text().splitlines()]
     methods = {"ar", "ar-jf", *PAIR, *(f"tree:{v}" for v in PAIR)}
