@@ -92,6 +92,9 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     ratios = [by_user["ar"][u]["latency_ms"] / by_user["pad-rec"][u]["latency_ms"] for u in by_user["ar"]]
     assert chain["speedup_vs_ar"]["value"] == pytest.approx(float(np.exp(np.mean(np.log(ratios)))), rel=1e-3)
     assert chain["speedup_vs_ar"]["seeds"] == 1 and chain["speedup_vs_ar"]["requests"] == 4
+    chain_rows = list(by_user["pad-rec"].values())
+    per_step = sum(r["draft_ms"] for r in chain_rows) / sum(r["draft_steps"] for r in chain_rows)
+    assert chain["draft_ms_per_step"]["value"] == pytest.approx(per_step, rel=1e-3)
     assert "vs_no_position" in chain and "vs_no_position" not in cell["variants"]["no-position"]["chain"]
     assert report["factors"]["ablation"] == []  # a group of two is not the four-way ablation
     assert len(load_results(paths.results)) == 1

@@ -92,6 +92,10 @@ def variant_figures(results: list[GroupResult], variant: str, kind: str) -> dict
     figures = {
         "speedup_vs_ar": geometric_mean(_paired(results, "ar", method)),
         "tau": ratio_of_sums(_rows(results, method, lambda rec: (rec["tokens"], rec["target_forwards"]))),
+        # the cost side: the draft's time per step (the signals add work to every step)
+        "draft_ms_per_step": ratio_of_sums(
+            _rows(results, method, lambda rec: (rec["draft_ms"], rec["draft_steps"]))
+        ),
     }
     if variant != NONE and any(KINDS[kind] + NONE in r.requests for r in results):
         figures["vs_no_position"] = geometric_mean(_paired(results, KINDS[kind] + NONE, method))
@@ -185,7 +189,8 @@ def report_markdown(report: dict) -> str:
             lines += ["No group of this factor has been run yet.", ""]
             continue
         head = [*titles[factor], "seeds", "variant"]
-        cols = ["chain ×ar", "chain vs no-position", "tree ×ar", "tree vs no-position", "chain τ"]
+        cols = ["chain ×ar", "chain vs no-position", "tree ×ar", "tree vs no-position", "chain τ",
+                "chain draft ms/step"]  # fmt: skip
         lines += ["| " + " | ".join(head + cols) + " |", "|" + "---|" * (len(head) + len(cols))]
         for cell in cells:
             key = cell["cell"]
@@ -194,15 +199,18 @@ def report_markdown(report: dict) -> str:
                 chain, tree = kinds["chain"], kinds["tree"]
                 row = [*shown, ",".join(map(str, cell["seeds"])), variant,
                        _fmt(chain.get("speedup_vs_ar")), _fmt(chain.get("vs_no_position")),
-                       _fmt(tree.get("speedup_vs_ar")), _fmt(tree.get("vs_no_position")), _fmt(chain.get("tau"))]  # fmt: skip
+                       _fmt(tree.get("speedup_vs_ar")), _fmt(tree.get("vs_no_position")), _fmt(chain.get("tau")),
+                       _fmt(chain.get("draft_ms_per_step"))]  # fmt: skip
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
         lines += [f"![{factor}]({factor}.png)", ""]
-    lines += ["## Acceptance by draft step (chain, ablation cells)", ""]
-    for cell in report["factors"].get("ablation", []):
-        for variant, kinds in cell["variants"].items():
-            alphas = kinds["chain"].get("alpha_by_step", [])
-            lines.append(f"- {cell['cell'][0]} {variant}: " + ", ".join(_fmt(a) for a in alphas[:6]))
+    lines += ["## Acceptance by draft step (chain: steps 1-5 of a round)", ""]
+    for factor, cells in report["factors"].items():
+        for cell in cells:
+            for variant, kinds in cell["variants"].items():
+                alphas = kinds["chain"].get("alpha_by_step", [])
+                where = "/".join(map(str, cell["cell"]))
+                lines.append(f"- {factor} {where} {variant}: " + ", ".join(_fmt(a) for a in alphas[:5]))
     lines += ["", "## What the intervals say", ""]
     lines += [f"- {line}" for line in report["conclusion"]] or ["- Nothing yet: no comparison has been run."]
     lines += ["", "Regenerate: `padrec study report`. Rerun one group: see `padrec study run --help`.", ""]
