@@ -238,7 +238,7 @@ def plot_factor(report: dict, factor: str, path: Path) -> Path | None:
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xticks(list(xs), [p[0] for p in points], fontsize=7)
     ax.set_ylabel("no-position latency / variant latency")
-    ax.set_title(f"{factor}: engine chain vs the no-position draft (95% intervals)", fontsize=9)
+    ax.set_title(f"{factor}: engine chain vs the no-position draft\n(95% intervals)", fontsize=9)
     return _save(fig, path)
 
 
