@@ -95,6 +95,7 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     chain_rows = list(by_user["pad-rec"].values())
     per_step = sum(r["draft_ms"] for r in chain_rows) / sum(r["draft_steps"] for r in chain_rows)
     assert chain["draft_ms_per_step"]["value"] == pytest.approx(per_step, rel=1e-3)
+    assert cell["draft_ms_per_step_by_seed"]["pad-rec"]["0"]["value"] == pytest.approx(per_step, rel=1e-3)
     assert "vs_no_position" in chain and "vs_no_position" not in cell["variants"]["no-position"]["chain"]
     assert report["factors"]["ablation"] == []  # a group of two is not the four-way ablation
     assert len(load_results(paths.results)) == 1

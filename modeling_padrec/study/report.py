@@ -85,6 +85,10 @@ def _alpha(results: list[GroupResult], method: str, key: str, index: int) -> Est
     return ratio_of_sums(rows)
 
 
+def _step_cost(rec: dict) -> tuple[float, int]:
+    return (rec["draft_ms"], rec["draft_steps"])
+
+
 def variant_figures(results: list[GroupResult], variant: str, kind: str) -> dict:
     method = KINDS[kind] + variant
     if not any(method in r.requests for r in results):
@@ -93,9 +97,7 @@ def variant_figures(results: list[GroupResult], variant: str, kind: str) -> dict
         "speedup_vs_ar": geometric_mean(_paired(results, "ar", method)),
         "tau": ratio_of_sums(_rows(results, method, lambda rec: (rec["tokens"], rec["target_forwards"]))),
         # the cost side: the draft's time per step (the signals add work to every step)
-        "draft_ms_per_step": ratio_of_sums(
-            _rows(results, method, lambda rec: (rec["draft_ms"], rec["draft_steps"]))
-        ),
+        "draft_ms_per_step": ratio_of_sums(_rows(results, method, _step_cost)),
     }
     if variant != NONE and any(KINDS[kind] + NONE in r.requests for r in results):
         figures["vs_no_position"] = geometric_mean(_paired(results, KINDS[kind] + NONE, method))
@@ -119,6 +121,12 @@ def build_report(results_dir: Path, base_steps: int = BASE_STEPS, base_depth: in
             cell = {"cell": list(key), "seeds": sorted(m.group.seed for m in members), "variants": {}}
             for v in variants:
                 cell["variants"][v] = {kind: _json(variant_figures(members, v, kind)) for kind in KINDS}
+            # the draft's cost per step seed by seed: seeds may have run under different machine load, which
+            # widens the pooled interval, while the variants of one seed were benched side by side
+            cell["draft_ms_per_step_by_seed"] = {
+                v: {str(m.group.seed): ratio_of_sums(_rows([m], v, _step_cost)).to_json() for m in members}
+                for v in variants
+            }
             cells.append(cell)
         report["factors"][factor] = cells
     report["conclusion"] = conclusion(report)
@@ -211,6 +219,17 @@ def report_markdown(report: dict) -> str:
                 alphas = kinds["chain"].get("alpha_by_step", [])
                 where = "/".join(map(str, cell["cell"]))
                 lines.append(f"- {factor} {where} {variant}: " + ", ".join(_fmt(a) for a in alphas[:5]))
+    lines += [
+        "",
+        "## The draft's time per step, seed by seed (chain; the variants of a seed ran side by side)",
+        "",
+    ]
+    for factor, cells in report["factors"].items():
+        for cell in cells:
+            where = "/".join(map(str, cell["cell"]))
+            for variant, seeds in cell.get("draft_ms_per_step_by_seed", {}).items():
+                per_seed = ", ".join(f"seed {k}: {_fmt(e)}" for k, e in seeds.items())
+                lines.append(f"- {factor} {where} {variant}: {per_seed} ms")
     lines += ["", "## What the intervals say", ""]
     lines += [f"- {line}" for line in report["conclusion"]] or ["- Nothing yet: no comparison has been run."]
     lines += ["", "Regenerate: `padrec study report`. Rerun one group: see `padrec study run --help`.", ""]
