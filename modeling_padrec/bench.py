@@ -375,20 +375,22 @@ def _pct(values, q) -> float:
     return round(float(np.percentile(np.asarray(values, dtype=float), q)), 4)
 
 
-def acceptance_counts(m: Measurement, token_map) -> tuple[list[list[int]], list[list[int]]]:
-    """One request's draft steps: ``[reached, accepted]`` per step k and per item slot (the slot of the token at
-    the step). A step is every drafted token (stock path) or every drafted choice (engine, where forced tokens
-    are filled in by the catalog); step k is reached when everything before it was accepted."""
-    slot_of = token_map.slot_table().tolist()
+def acceptance_counts(
+    m: Measurement, slot_of: list[int], levels: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """One request's draft steps: ``[reached, accepted]`` per step k and per item slot (``slot_of[token]``, from
+    ``TokenMap.slot_table``, of the token at the step; ``levels + 2`` slots). A step is every drafted token (stock
+    path) or every drafted choice (engine, where forced tokens are filled in by the catalog); step k is reached
+    when everything before it was accepted."""
     by_step: list[list[int]] = []
-    by_slot = [[0, 0] for _ in token_map.slot_names()]
+    by_slot = [[0, 0] for _ in range(levels + 2)]
     for start, drafted, accepted, _, *choice_offsets in m.rounds:
         offsets = choice_offsets[0] if choice_offsets else range(drafted)
         for k, offset in enumerate(offsets):
             if offset > accepted:
                 break
             pos = start + offset
-            slot = slot_of[m.output_ids[pos]] if pos < len(m.output_ids) else token_map.levels + 1
+            slot = slot_of[m.output_ids[pos]] if pos < len(m.output_ids) else levels + 1
             by_step.extend([0, 0] for _ in range(k + 1 - len(by_step)))
             for counts in (by_step[k], by_slot[slot]):
                 counts[0] += 1
@@ -407,6 +409,7 @@ def summarize(
     """Every figure of one method over the measured requests (``runs`` and ``ar_runs`` aligned by request).
     ``engine_depth``: choices drafted per round by an engine method (0: no draft), for the perfect-draft bound."""
     slot_names = rec.token_map.slot_names()
+    slot_of = rec.token_map.slot_table().tolist()
     ratios = [a.latency_ms / m.latency_ms for a, m in zip(ar_runs, runs, strict=True)]
     latencies = [m.latency_ms for m in runs]
     tokens = sum(len(m.output_ids) for m in runs)
@@ -416,7 +419,7 @@ def summarize(
     reached_slot = [0] * len(slot_names)
     accepted_slot = [0] * len(slot_names)
     for m in runs:
-        by_step, by_slot = acceptance_counts(m, rec.token_map)
+        by_step, by_slot = acceptance_counts(m, slot_of, rec.token_map.levels)
         for k, (reached, accepted) in enumerate(by_step):
             for table, value in ((reached_step, reached), (accepted_step, accepted)):
                 table.extend([0] * (k + 1 - len(table)))

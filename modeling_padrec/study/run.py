@@ -119,6 +119,7 @@ def bench_group(group: Group, paths: StudyPaths, settings: RunSettings, records:
     _say(settings, f"study: benching {group.name} on {settings.users} users")
     result = bench_run(cfg, progress=settings.progress)
     report, runs, token_map = result.report, result.runs, result.rec.token_map
+    slot_of = token_map.slot_table().tolist()
     out = paths.group_dir(group)
     with staged_dir(out) as tmp:
         summary = {
@@ -135,7 +136,7 @@ def bench_group(group: Group, paths: StudyPaths, settings: RunSettings, records:
         with open(tmp / "requests.jsonl", "w") as f:
             for name, measurements in runs.items():
                 for m in measurements:
-                    by_step, by_slot = acceptance_counts(m, token_map)
+                    by_step, by_slot = acceptance_counts(m, slot_of, token_map.levels)
                     record = {
                         "method": name, "user": m.user, "latency_ms": round(m.latency_ms, 3),
                         "target_forwards": m.target_forwards, "tokens": len(m.output_ids),
