@@ -438,10 +438,7 @@ def _bench_throughput(args) -> int:
     tree = None if args.tree is None else TreeSpec.parse(args.tree).budget
     if tree == "auto":
         raise PadrecError("--tree auto: --throughput takes a fixed number of choice nodes (N >= 1)")
-    try:
-        sizes = [int(b) for b in (args.batch_sizes or "1,4,16,64").split(",") if b]
-    except ValueError:
-        raise PadrecError(f"--batch-sizes {args.batch_sizes}: comma-separated positive integers") from None
+    sizes = _int_list(args.batch_sizes or "1,4,16,64", "--batch-sizes")
     cfg = ThroughputConfig(
         target=args.target, data=args.data, drafts=list(args.draft), split=args.split,
         users=args.users or 128, batch_sizes=sizes, list_len=args.list_len,
@@ -852,8 +849,6 @@ def cmd_study_run(args) -> int:
         groups = [g for g in groups if g.name in names]
     settings = RunSettings(users=args.users, device=args.device, progress=sys.stderr.isatty())
     ran = run_groups(groups, paths, settings, limit=args.groups)
-    for line in settings.log if not settings.progress else []:
-        print(line, file=sys.stderr)
     write_report(paths.results)
     print(f"study: ran {len(ran)} group(s); report -> {paths.results / 'report.md'}")
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PadrecError
@@ -59,8 +59,7 @@ class RunSettings:
     users: int = 200  # test users benched per group
     draft_users: int = 4000  # training users per draft (the reference drafts' recipe)
     device: str = "cpu"
-    progress: bool = True
-    log: list[str] = field(default_factory=list)
+    progress: bool = True  # progress bars (the study's own lines are always printed)
 
 
 def is_done(group: Group, paths: StudyPaths) -> bool:
@@ -80,7 +79,6 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
         if not (out / "model.safetensors").is_file():
             item, step = VARIANTS[variant]
             _say(
-                settings,
                 f"study: training {out} ({group.steps} steps, depth {group.depth}, seed {group.seed})",
             )
             train_draft(
@@ -116,7 +114,7 @@ def bench_group(group: Group, paths: StudyPaths, settings: RunSettings, records:
         users=settings.users, device=settings.device, only=only, engine_depth=ENGINE_DEPTH,
         tree=TreeSpec(**TREE), seed=group.seed,
     )  # fmt: skip
-    _say(settings, f"study: benching {group.name} on {settings.users} users")
+    _say(f"study: benching {group.name} on {settings.users} users")
     result = bench_run(cfg, progress=settings.progress)
     report, runs, token_map = result.report, result.runs, result.rec.token_map
     slot_of = token_map.slot_table().tolist()
@@ -160,12 +158,10 @@ def run_groups(
         t0 = time.time()
         records = train_missing(group, paths, settings)
         bench_group(group, paths, settings, records)
-        _say(settings, f"study: {group.name} done in {time.time() - t0:.0f} s -> {paths.group_dir(group)}")
+        _say(f"study: {group.name} done in {time.time() - t0:.0f} s -> {paths.group_dir(group)}")
         ran.append(group)
     return ran
 
 
-def _say(settings: RunSettings, line: str) -> None:
-    settings.log.append(line)
-    if settings.progress:
-        print(line, file=sys.stderr)
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
