@@ -34,11 +34,12 @@ REF = runs/ref/$(DATA)
 reference-target: install $(REF)/target/padrec_target.json
 
 # A time split's test asks for the period after the validation period: its target also learns from the
-# validation interactions (then only the test split is evaluated).
-FIT_beauty-timesplit = train+valid
+# validation interactions (then only the test split is evaluated), and a third LoRA stage trains on the split's
+# own form, each user's training period -> the validation period's items.
+FIT_beauty-timesplit = --fit-splits train+valid --period-steps 300
 $(REF)/target/padrec_target.json:
 	$(BIN)/padrec train-target --data $(SHARED)/$(DATA) --out $(REF)/target --base qwen2-small --seed 0 \
-		--fit-splits $(or $(FIT_$(DATA)),train)
+		$(FIT_$(DATA))
 	$(BIN)/padrec evaluate --target $(REF)/target --data $(SHARED)/$(DATA) --users 500 --json \
 		--out $(REF)/eval-500.json
 	$(BIN)/padrec evaluate --target $(REF)/target --data $(SHARED)/$(DATA) --json --engine generate --batch-size 64 \

@@ -118,6 +118,8 @@ def cmd_train_target(args) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             fit_splits=args.fit_splits,
+            period_steps=args.period_steps,
+            period_lr=args.period_lr,
         )
     )
     if int(os.environ.get("RANK", "0")) == 0:
@@ -586,6 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="learn from the training split, or from training + validation interactions (the validation split "
         "can then not be evaluated)",
     )
+    t.add_argument(
+        "--period-steps",
+        type=_non_negative,
+        default=0,
+        help="a third LoRA stage of this many steps on the time split's own form: each user's training period "
+        "-> the validation period's items (needs --fit-splits train+valid; default 0: none)",
+    )
+    t.add_argument("--period-lr", type=float, default=5e-4, help="learning rate of the --period-steps stage")
     t.set_defaults(func=cmd_train_target)
 
     for name, func, helptext in (

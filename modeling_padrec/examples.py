@@ -6,6 +6,8 @@
   items ``item <|sep|> ... item`` followed by ``</s>`` when the list is full. A list cut short by the end of the
   user's sequence gets no ``</s>``: the data does not say the list ends there, and the decoding constraint
   closes every list at exactly N items anyway.
+* :class:`PeriodExamples` — stage 3 for time splits (optional): prompt = the user's training-period history,
+  label = the items of the next period (the validation split), the form the test asks for.
 """
 
 from __future__ import annotations
@@ -92,6 +94,28 @@ class ListwiseExamples(Dataset):
         seq = self.train[user]
         prompt = self.enc.prompt(seq[:cut], self.history_len)
         target = self.enc.target_list(seq[cut : cut + self.list_len], self.list_len)
+        return {"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target}
+
+
+class PeriodExamples(Dataset):
+    """Stage-3 examples of a time split's own form: the training period's history → the validation period's
+    items (the first N, in order), one per user with both. The test then asks train + valid → test."""
+
+    def __init__(self, dataset: RecDataset, encoder: ItemEncoder, history_len: int = 20, list_len: int = 10):
+        self.users = [u for u, s in dataset.train.items() if s and dataset.valid.get(u)]
+        self.train, self.valid = dataset.train, dataset.valid
+        self.enc, self.history_len, self.list_len = encoder, history_len, list_len
+        self.lengths = [
+            min(len(self.train[u]), history_len) + min(len(self.valid[u]), list_len) for u in self.users
+        ]
+
+    def __len__(self):
+        return len(self.users)
+
+    def __getitem__(self, i):
+        user = self.users[i]
+        prompt = self.enc.prompt(self.train[user], self.history_len)
+        target = self.enc.target_list(self.valid[user], self.list_len)
         return {"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target}
 
 

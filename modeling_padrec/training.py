@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .catalog import catalog_record
-from .errors import DataError
+from .errors import DataError, PadrecError
 from .fileio import staged_dir
 
 LOG_NAME = "train_log.jsonl"
@@ -249,6 +249,9 @@ class TargetTrainArgs:
     save_every: int = 200
     # "train+valid": also learn from the validation period (then not for evaluation)
     fit_splits: str = "train"
+    # stage 3 (time splits): LoRA steps on "training period → validation period" lists; needs train+valid
+    period_steps: int = 0
+    period_lr: float = 5e-4
 
     def stage_steps(self, preset: str | None) -> tuple[int, int]:
         pre, lora = DEFAULT_STEPS.get(preset, DEFAULT_STEPS[None])
@@ -266,8 +269,6 @@ def fit_dataset(dataset, fit_splits: str):
     is then a "history → the next period's items" example, the test's own form)."""
     from dataclasses import replace
 
-    from .errors import PadrecError
-
     if fit_splits not in FIT_SPLITS:
         raise PadrecError(f"--fit-splits must be one of {', '.join(FIT_SPLITS)}, got {fit_splits!r}")
     if fit_splits == "train":
@@ -283,13 +284,19 @@ def train_target(args: TargetTrainArgs, accelerator=None) -> Path:
     from peft import get_peft_model
 
     from .data import load_dataset
-    from .examples import ItemEncoder, ListwiseExamples, SequenceExamples, collate
+    from .examples import ItemEncoder, ListwiseExamples, PeriodExamples, SequenceExamples, collate
     from .target import TargetMeta, is_preset, load_base, lora_config, save_target
     from .tokenization import TokenMap
 
+    if args.period_steps and args.fit_splits != "train+valid":
+        raise PadrecError(
+            "--period-steps trains on the validation period's lists: it needs --fit-splits train+valid "
+            "(the validation split can then not be evaluated)"
+        )
     accelerator = accelerator or Accelerator()
     set_seed(args.seed)
-    dataset = fit_dataset(load_dataset(args.data), args.fit_splits)
+    splits = load_dataset(args.data)
+    dataset = fit_dataset(splits, args.fit_splits)
     preset = args.base if is_preset(args.base) else None
     model, tokenizer, new_ids = load_base(args.base, dataset.index, seed=args.seed)
     tm = TokenMap.from_tokenizer(tokenizer, dataset.index, vocab_size=model.config.vocab_size)
@@ -342,6 +349,23 @@ def train_target(args: TargetTrainArgs, accelerator=None) -> Path:
         seed=args.seed + 1,
         run_fingerprint=fingerprint,
     )
+    if args.period_steps:
+        peft_model = train_stage(
+            peft_model,
+            PeriodExamples(splits, enc, args.history_len, args.list_len),
+            lambda b: collate(b, pad),
+            StageConfig(
+                "period",
+                args.period_steps,
+                batch_size=args.batch_size,
+                lr=args.period_lr,
+                save_every=args.save_every,
+            ),
+            accelerator=accelerator,
+            work_dir=work,
+            seed=args.seed + 2,
+            run_fingerprint=fingerprint,
+        )
     if accelerator.is_main_process:
         meta = TargetMeta(
             base=args.base,

@@ -45,6 +45,8 @@ def render(runs: Path, published: dict[str, str] | None = None) -> str:
         meta = json.loads((folder / "target" / "padrec_target.json").read_text())
         hardware = full.get("hardware", hardware)
         steps = f"{meta['train']['pretrain_steps']} + {meta['train']['lora_steps']}"
+        if meta["train"].get("period_steps"):
+            steps += f" + {meta['train']['period_steps']} period"
         minutes = train_minutes(folder / "target" / "train_log.jsonl")
         mp = full["mostpop"]
         rows[folder.name] = (
@@ -55,7 +57,7 @@ def render(runs: Path, published: dict[str, str] | None = None) -> str:
         )
     head = (
         "| dataset | test users | R@5 | R@10 | N@5 | N@10 | MostPop R@10 | MostPop N@10 | valid_item_rate "
-        "| distinct first items | steps (pretrain + LoRA) | train min | fit on |\n"
+        "| distinct first items | steps (pretrain + LoRA [+ period]) | train min | fit on |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     hw = ""

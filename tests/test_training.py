@@ -256,3 +256,36 @@ def test_a_target_fit_on_valid_is_not_evaluated_on_valid(tiny_target, synthetic_
     assert main([*args, "--split", "valid"]) == 2
     assert "trained on the validation interactions" in capsys.readouterr().err
     assert main([*args, "--split", "test"]) == 0
+
+
+def test_period_stage_trains_on_the_next_periods_lists(synthetic_dir, tmp_path):
+    from modeling_padrec.data import load_dataset
+    from modeling_padrec.errors import PadrecError
+    from modeling_padrec.examples import IGNORE, ItemEncoder, PeriodExamples
+    from modeling_padrec.target import load_base
+    from modeling_padrec.tokenization import TokenMap
+
+    dataset = load_dataset(synthetic_dir)
+    model, tokenizer, _ = load_base("qwen2-tiny", dataset.index)
+    enc = ItemEncoder(
+        TokenMap.from_tokenizer(tokenizer, dataset.index, vocab_size=model.config.vocab_size), dataset
+    )
+    examples = PeriodExamples(dataset, enc, history_len=5, list_len=3)
+    assert examples.users == [u for u in dataset.train if dataset.train[u] and dataset.valid.get(u)]
+    user = examples.users[0]
+    row = examples[0]
+    prompt = enc.prompt(dataset.train[user], 5)
+    assert row["input_ids"] == prompt + enc.target_list(dataset.valid[user], 3)
+    assert row["labels"][: len(prompt)] == [IGNORE] * len(prompt)
+    assert row["labels"][len(prompt) :] == row["input_ids"][len(prompt) :]
+
+    base = dict(data=str(synthetic_dir), base="qwen2-tiny", max_steps=2, batch_size=4, list_len=3)
+    with pytest.raises(PadrecError, match="needs --fit-splits train\\+valid"):
+        train_target(TargetTrainArgs(out=str(tmp_path / "refused"), period_steps=2, **base))
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.work").exists()
+    out = train_target(
+        TargetTrainArgs(out=str(tmp_path / "t"), fit_splits="train+valid", period_steps=2, **base)
+    )
+    log = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in log] == [("pretrain", 2), ("lora", 2), ("period", 2)]
+    assert json.loads((out / "padrec_target.json").read_text())["train"]["period_steps"] == 2
