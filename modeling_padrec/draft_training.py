@@ -31,7 +31,7 @@ from transformers import DynamicCache
 from .draft import causal_lm, new_draft, target_features
 from .fileio import staged_dir
 from .modeling_padrec_draft import PadRecDraftModel
-from .training import LOG_NAME, StageConfig, train_stage
+from .training import LOG_NAME, StageConfig, run_settings, train_stage
 
 FEATURES_NAME = "features.safetensors"
 META_NAME = "padrec_draft.json"
@@ -271,8 +271,7 @@ def distillation_examples(
     assistant."""
     work.mkdir(parents=True, exist_ok=True)
     fingerprint = {
-        "target": str(Path(target_dir).absolute()),
-        "data": str(Path(data).absolute()),
+        **run_settings({"target": str(target_dir), "data": str(data)}),
         "token_map": recommender.token_map.fingerprint(),
         "max_users": max_users,
         "prompts_per_user": prompts_per_user,
@@ -350,9 +349,7 @@ class Distillation:
             accelerator=accelerator,
             work_dir=self.work,
             seed=args.seed,
-            run_fingerprint={
-                k: v for k, v in asdict(args).items() if k not in ("out", "save_every", "cache_dir")
-            },
+            run_fingerprint=run_settings(asdict(args), drop=("out", "save_every", "cache_dir")),
             loss_fn=loss_fn,
         )
         return model, final

@@ -104,6 +104,20 @@ class Checkpointer:
         return int(state["step"])
 
 
+def run_settings(settings: dict, drop: tuple[str, ...] = ()) -> dict:
+    """A run's settings as its checkpoints record them: without ``drop`` (settings that do not change the
+    result), every local path resolved, so a run resumed from another directory or with a path spelled
+    another way (relative, absolute, through ``..``) still matches its checkpoint. Hub ids and presets stay."""
+    out = {}
+    for key, value in settings.items():
+        if key in drop:
+            continue
+        if key in ("data", "target", "target_dir", "base") and isinstance(value, str) and Path(value).exists():
+            value = str(Path(value).resolve())
+        out[key] = value
+    return out
+
+
 def epoch_batches(dataset, batch_size: int, seed: int, group: int = 64) -> list[list[int]]:
     """One epoch's batches, a pure function of ``seed``. If the dataset has ``lengths``, examples of similar
     length share a batch (sorted within windows of ``group`` batches, then the batches shuffled), so little of a
@@ -305,7 +319,7 @@ def train_target(args: TargetTrainArgs, accelerator=None) -> Path:
     out = Path(args.out).absolute()
     work = out.with_name(f"{out.name}.work")
     work.mkdir(parents=True, exist_ok=True)
-    fingerprint = {k: v for k, v in asdict(args).items() if k not in ("out", "save_every")}
+    fingerprint = run_settings(asdict(args), drop=("out", "save_every"))
     pre_steps, lora_steps = args.stage_steps(preset)
 
     if pre_steps:

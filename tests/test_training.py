@@ -289,3 +289,23 @@ def test_period_stage_trains_on_the_next_periods_lists(synthetic_dir, tmp_path):
     log = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
     assert [(r["stage"], r["step"]) for r in log] == [("pretrain", 2), ("lora", 2), ("period", 2)]
     assert json.loads((out / "padrec_target.json").read_text())["train"]["period_steps"] == 2
+
+
+def test_run_settings_name_a_path_one_way(tmp_path, monkeypatch):
+    from modeling_padrec.training import run_settings
+
+    (tmp_path / "data" / "Instruments").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    spellings = [
+        "../data/Instruments",
+        str(tmp_path / "data" / "Instruments"),
+        str(tmp_path / "work/../data/Instruments"),
+    ]
+    seen = {json.dumps(run_settings({"data": s, "seed": 0, "out": "x"}, drop=("out",))) for s in spellings}
+    assert seen == {json.dumps({"data": str((tmp_path / "data" / "Instruments").resolve()), "seed": 0})}
+    # a Hub id or a preset is not a local path: kept as given
+    assert run_settings({"target_dir": "org/target", "base": "qwen2-small"}) == {
+        "target_dir": "org/target",
+        "base": "qwen2-small",
+    }
