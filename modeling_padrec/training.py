@@ -112,7 +112,11 @@ def run_settings(settings: dict, drop: tuple[str, ...] = ()) -> dict:
     for key, value in settings.items():
         if key in drop:
             continue
-        if key in ("data", "target", "target_dir", "base") and isinstance(value, str) and Path(value).exists():
+        if (
+            key in ("data", "target", "target_dir", "base")
+            and isinstance(value, str)
+            and Path(value).exists()
+        ):
             value = str(Path(value).resolve())
         out[key] = value
     return out
