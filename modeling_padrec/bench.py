@@ -1,6 +1,6 @@
 """``padrec bench``: every decoding method on the same requests, interleaved, with the lossless check.
 
-Methods, all under the same catalog constraint and greedy decoding:
+Methods, all under the same catalog constraint and greedy decoding (or, with ``temperature``, all sampling):
 
 * ``ar``: stock ``target.generate`` with no assistant, the reference every ratio is taken against;
 * ``prompt_lookup``: transformers' prompt-lookup decoding (no model, n-grams of the prompt);
@@ -16,7 +16,10 @@ Methods, all under the same catalog constraint and greedy decoding:
 For every request (one test user) all methods run back to back in one process, in an order rotated from request
 to request, so machine drift hits them alike. The first ``warmup`` requests are run and thrown away. Every
 method's output must equal AR's token for token; the first that does not stops the run with
-:class:`BenchMismatch` naming the request, and nothing is reported.
+:class:`BenchMismatch` naming the request, and nothing is reported. Sampled runs (``--temperature``) cannot be
+compared token for token: each sampled list must be a complete list of distinct catalog items, and that the
+engine samples from the target's own distribution is guarded by a chi-square property test
+(``tests/test_engine.py``).
 
 Per request, each method's time is split three ways: drafting (inside the candidate generator's
 ``get_candidates``), verification (inside the target's forward passes) and the rest (``generate``'s own
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 from .decoding import Recommender
+from .engine import GenerationSettings
 from .errors import PadrecError
 from .evaluate import ranking_metrics
 from .fileio import check_output_dir, staged_dir
@@ -77,15 +81,24 @@ class Method:
     source: str | None = None
     info: dict = field(default_factory=dict)
     engine: object | None = None  # padrec's engine (kind "engine")
+    sampling: GenerationSettings | None = None  # None: greedy
 
-    def run(self, rec: Recommender, user: str, split: str, recorder: RoundRecorder):
+    def run(self, rec: Recommender, user: str, split: str, recorder: RoundRecorder, seed: int = 0):
+        """One request. Sampled methods draw from a generator seeded with ``seed`` (stock ``generate`` from the
+        global one), so a run is reproducible; the same seed does not make two methods' samples equal."""
+        kwargs, generator = dict(self.generate_kwargs), None
+        if self.sampling is not None:
+            generator = torch.Generator(device=rec.device).manual_seed(seed)
+            kwargs.update(do_sample=True, temperature=self.sampling.temperature, top_k=0, top_p=1.0)
         if self.engine is not None:
-            return rec.recommend(user, split, engine=self.engine)
+            return rec.recommend(user, split, engine=self.engine, generator=generator, settings=self.sampling)
+        if self.sampling is not None:
+            torch.manual_seed(seed)
         if self.draft is not None:
             self.draft.attach(rec.target.model, rec.token_map)
         try:
             with recorder:
-                return rec.recommend(user, split, **self.generate_kwargs)
+                return rec.recommend(user, split, **kwargs)
         finally:
             if self.draft is not None:
                 self.draft.detach()
@@ -327,8 +340,10 @@ class Measurement:
         }
 
 
-def measure(method: Method, rec: Recommender, user: str, split: str, recorder: RoundRecorder) -> Measurement:
-    r = method.run(rec, user, split, recorder)
+def measure(
+    method: Method, rec: Recommender, user: str, split: str, recorder: RoundRecorder, seed: int = 0
+) -> Measurement:
+    r = method.run(rec, user, split, recorder, seed)
     if method.kind == "engine":
         rounds = [
             (start, drafted, acc, acc, offsets) for start, drafted, acc, offsets in r.extra.get("rounds", [])
@@ -342,6 +357,17 @@ def measure(method: Method, rec: Recommender, user: str, split: str, recorder: R
         method.name, user, r.output_ids, r.items, r.latency_ms, r.target_forwards, r.forward_ms, draft_ms,
         rounds, draft_steps,
     )  # fmt: skip
+
+
+def check_sampled(m: Measurement, list_len: int, i: int, warm: int) -> None:
+    """A sampled list cannot be compared with ar's token for token (that speculative sampling draws from the
+    target's own distribution is a property test's job): it must be a complete list of distinct catalog items."""
+    items = [x for x in m.items if x is not None]
+    if len(m.items) != list_len or len(items) != list_len or len(set(items)) != list_len:
+        where = f"warm-up request {i}" if i < warm else f"request {i - warm}"
+        raise BenchMismatch(
+            f"method {m.method} sampled an invalid list: {where} (user {m.user}) has items {m.items}"
+        )
 
 
 def choice_positions(trie, output_ids: list[int]) -> int:
@@ -510,6 +536,9 @@ class BenchConfig:
     only: list[str] | None = None
     engine_depth: int | None = None
     tree: TreeSpec | None = None
+    # None: greedy, every list checked token for token against ar's. A temperature: every method samples
+    # (the engine by speculative sampling), each list is checked to be a complete list of catalog items.
+    temperature: float | None = None
 
 
 @dataclass
@@ -562,6 +591,15 @@ def bench_run(cfg: BenchConfig, progress: bool = True) -> BenchRun:
         cfg.engine_depth,
         cfg.tree,
     )
+    sampling = None
+    if cfg.temperature is not None:
+        if not cfg.temperature > 0:
+            raise PadrecError(f"--temperature must be > 0, got {cfg.temperature}")
+        sampling = GenerationSettings(
+            do_sample=True, temperature=cfg.temperature, max_new_tokens=rec.max_new_tokens
+        )
+        for method in methods:
+            method.sampling = sampling
     recorder = RoundRecorder(target.model)
     warm = users[: cfg.warmup]
     runs: dict[str, list[Measurement]] = {m.name: [] for m in methods}
@@ -571,11 +609,13 @@ def bench_run(cfg: BenchConfig, progress: bool = True) -> BenchRun:
         shift = i % len(methods)
         measured = {}
         for method in methods[shift:] + methods[:shift]:  # rotated: no method always runs first
-            measured[method.name] = measure(method, rec, user, cfg.split, recorder)
+            measured[method.name] = measure(method, rec, user, cfg.split, recorder, cfg.seed * 1_000_003 + i)
         reference = measured["ar"].output_ids
         for method in methods:
             got = measured[method.name].output_ids
-            if got != reference:
+            if sampling is not None:
+                check_sampled(measured[method.name], rec.list_len, i, len(warm))
+            elif got != reference:
                 pos = first_difference(got, reference)
                 where = f"warm-up request {i}" if i < len(warm) else f"request {i - len(warm)}"
                 raise BenchMismatch(
@@ -646,6 +686,14 @@ def report_markdown(report: dict) -> str:
         "",
         f"{cfg['measured_requests']} requests ({cfg['split']} users of `{cfg['data']}`, list length "
         f"{cfg['list_len']}, {cfg['warmup']} warm-up requests excluded), methods interleaved request by request.",
+        *(
+            [
+                f"Every method **sampled at temperature {cfg['temperature']}** (the engine by speculative sampling): "
+                "the lists were checked to be complete lists of distinct items, not compared with ar's."
+            ]
+            if cfg.get("temperature")
+            else []
+        ),
         f"Hardware: {hw['cpu']}, {hw['cpu_count']} CPUs, torch {hw['torch']} ({hw['torch_threads']} threads), "
         f"transformers {hw['transformers']}, device {hw['device']}{', ' + hw['gpu'] if 'gpu' in hw else ''}.",
         "",

@@ -23,6 +23,16 @@ def _positive(value: str) -> int:
     return n
 
 
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return x
+
+
 def _non_negative(value: str) -> int:
     try:
         n = int(value)
@@ -413,6 +423,7 @@ def cmd_bench(args) -> int:
             depth=args.tree_depth,
             progress=not args.json and sys.stderr.isatty(),
         ),
+        temperature=args.temperature,
     )
     report = run_bench(cfg, out=args.out, progress=not args.json and sys.stderr.isatty())
     return _print_report(args, report, report_markdown)
@@ -433,7 +444,8 @@ def _bench_throughput(args) -> int:
     from .throughput import ThroughputConfig, run_throughput, throughput_markdown
 
     for flag, value in (("--assistant", args.assistant), ("--lookup-tokens", args.lookup_tokens),
-                        ("--only", args.only), ("--depth", args.depth)):  # fmt: skip
+                        ("--only", args.only), ("--depth", args.depth),
+                        ("--temperature", args.temperature)):  # fmt: skip
         if value:
             raise PadrecError(f"{flag} belongs to the per-request benchmark; --throughput measures generate, ar-jf "
                               "and the engine's drafts (--engine-depth sets the chain's depth)")  # fmt: skip
@@ -722,6 +734,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --tree: most choices on a path (auto: the most tried)",
     )
     b.add_argument(
+        "--temperature",
+        type=_positive_float,
+        help="sample at this temperature instead of greedy decoding (the engine by speculative sampling); "
+        "sampled lists are checked to be complete, not compared with ar's token for token",
+    )
+    b.add_argument(
         "--throughput",
         action="store_true",
         help="users per second and latency against the batch size: batched generate, ar-jf, the engine's "
@@ -773,7 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         q = st.add_parser(name, help=helptext)
         q.add_argument(
-            "--factors", default="ablation,budget,depth", help="comma-separated: ablation,budget,depth"
+            "--factors",
+            default="ablation,budget,depth,sampling",
+            help="comma-separated: ablation,budget,depth,sampling",
         )
         q.add_argument("--datasets", default="Instruments,Beauty,beauty-timesplit",
                        help="comma-separated dataset folder names under --data-root (budget and depth: the first)")  # fmt: skip

@@ -140,14 +140,23 @@ class Recommender:
             self._engines[key] = Engine(self.target.model, self.trie, draft, depth, settings, width, budget)
         return self._engines[key]
 
-    def recommend(self, user: str, split: str = "test", engine: Engine | None = None, **generate_kwargs):
+    def recommend(
+        self,
+        user: str,
+        split: str = "test",
+        engine: Engine | None = None,
+        generator: torch.Generator | None = None,
+        settings: GenerationSettings | None = None,
+        **generate_kwargs,
+    ):
         """One user, batch size 1, timed; counts the target's forward passes. With ``engine`` (or when the
         recommender was made with ``engine="engine"`` and no ``generate`` arguments are given) decodes with
-        padrec's engine, else with stock ``generate``."""
+        padrec's engine (``settings``: other than the engine's own, e.g. sampling; ``generator`` seeds it), else
+        with stock ``generate``."""
         if engine is None and self.engine_name == "engine" and not generate_kwargs:
             engine = self.engine()
         if engine is not None:
-            return self._recommend_engine(user, split, engine)
+            return self._recommend_engine(user, split, engine, generator, settings)
         prompt = self.prompt(user, split)
         ids = torch.tensor([prompt])
         with ForwardCounter(self.target.model) as counter:
@@ -161,10 +170,10 @@ class Recommender:
             user, prompt, gen, self.items(gen), round(latency, 3), counter.count, 1000 * counter.seconds
         )
 
-    def _recommend_engine(self, user: str, split: str, engine: Engine) -> Recommendation:
+    def _recommend_engine(self, user: str, split: str, engine: Engine, generator=None, settings=None):
         prompt = self.prompt(user, split)
         t0 = time.perf_counter()
-        result = engine.generate(prompt)
+        result = engine.generate(prompt, generator=generator, settings=settings)
         return self._from_engine(user, prompt, result, (time.perf_counter() - t0) * 1000, engine.depth)
 
     def _from_engine(

@@ -139,7 +139,7 @@ class BanBest(LogitsProcessor):
 
 
 class LossyMethod(Method):
-    def run(self, rec, user, split, recorder):
+    def run(self, rec, user, split, recorder, seed=0):
         prompt_len = len(rec.prompt(user, split))
         with recorder:
             return rec.recommend(user, split, logits_processor=[BanBest(prompt_len)])
@@ -296,3 +296,47 @@ def test_bad_tree_budget_is_one_line(tmp_path, tiny_target, synthetic_dir, draft
     code = bench_cli(tiny_target, synthetic_dir, "--users", 2, "--draft", drafts[0], f"--tree={value}")
     err = capsys.readouterr().err
     assert code == 2 and "--tree" in err and "Traceback" not in err
+
+
+def test_sampled_bench_is_reproducible_and_checks_every_list(
+    monkeypatch, tmp_path, tiny_target, synthetic_dir, drafts, capsys
+):
+    from modeling_padrec.bench import TreeSpec, bench_run
+
+    def run(temperature):
+        cfg = BenchConfig(str(tiny_target), str(synthetic_dir), drafts=drafts, users=6, warmup=1,
+                          only=["ar-jf", *ENGINE_DRAFTS, "tree:pad-rec"], tree=TreeSpec(budget=4, depth=2),
+                          temperature=temperature)  # fmt: skip
+        return bench_run(cfg, progress=False)
+
+    greedy, sampled, again = run(None), run(2.0), run(2.0)
+    assert sampled.report["config"]["temperature"] == 2.0
+    for name, measurements in sampled.runs.items():
+        assert [m.output_ids for m in measurements] == [m.output_ids for m in again.runs[name]], name
+        assert all(len(set(m.items)) == len(m.items) == sampled.rec.list_len for m in measurements)
+    # it really samples: stock generate and the engine drew lists other than the greedy ones
+    outputs = lambda r, name: [m.output_ids for m in r.runs[name]]  # noqa: E731
+    assert outputs(sampled, "ar") != outputs(greedy, "ar")
+    assert outputs(sampled, "pad-rec") != outputs(greedy, "pad-rec")
+    assert sampled.report["methods"]["pad-rec"]["identical"] < 1.0
+    assert "sampled at temperature 2.0" in bench_module.report_markdown(sampled.report)
+
+    # a sampled list that is not a complete list of distinct items stops the run
+    class Broken(Method):
+        def run(self, rec, user, split, recorder, seed=0):
+            r = Method.run(self, rec, user, split, recorder, seed)
+            r.items[-1] = None
+            return r
+
+    real = bench_module.build_methods
+    monkeypatch.setattr(
+        bench_module, "build_methods", lambda *a, **k: [*real(*a, **k), Broken("broken", "ar")]
+    )
+    out = tmp_path / "report"
+    code = bench_cli(tiny_target, synthetic_dir, "--users", 2, "--temperature", 1, "--out", out)
+    err = capsys.readouterr().err
+    assert code == 2 and "padrec: error: method broken sampled an invalid list: warm-up request 0" in err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as stop:
+        bench_cli(tiny_target, synthetic_dir, "--temperature", 0)
+    assert stop.value.code == 2 and "expected a positive number, got 0" in capsys.readouterr().err

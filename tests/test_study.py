@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_cli import assert_clean_error, padrec
 
-from modeling_padrec.study.plan import BUDGETS, PAIR, VARIANTS, Group, member_of, plan
+from modeling_padrec.study.plan import BUDGETS, PAIR, SAMPLING_STEPS, VARIANTS, Group, member_of, plan
 from modeling_padrec.study.report import load_results, report_markdown, write_report
 from modeling_padrec.study.run import RunSettings, StudyPaths, is_done, run_groups
 from modeling_padrec.study.stats import geometric_mean, ratio_of_sums
@@ -19,8 +19,19 @@ def test_plan_trains_every_draft_once_and_covers_every_factor():
     groups = plan(datasets=("A", "B"), seeds=(0, 1))
     names = [g.name for g in groups]
     assert len(names) == len(set(names))
-    drafts = [(g.dataset, g.seed, g.steps, g.depth, v) for g in groups for v in g.variants]
+    greedy = [g for g in groups if not g.temperature]
+    drafts = [(g.dataset, g.seed, g.steps, g.depth, v) for g in greedy for v in g.variants]
     assert len(drafts) == len(set(drafts))  # no draft trained twice
+    sampled = [g for g in groups if g.temperature]
+    assert {(g.seed, g.steps) for g in sampled} == {(s, n) for s in (0, 1) for n in SAMPLING_STEPS}
+    for g in sampled:  # a sampled group benches drafts a greedy group trains, and its greedy twin is planned
+        assert g.dataset == "A" and g.variants == PAIR and g.temperature == 1.0 and g.name.endswith("-t1")
+        assert {(g.dataset, g.seed, g.steps, g.depth, v) for v in g.variants} <= set(drafts)
+        assert any(
+            "sampling" in member_of(t) and (t.seed, t.steps, t.depth) == (g.seed, g.steps, g.depth)
+            for t in greedy
+        )
+        assert member_of(g) == ["sampling"]
     for seed in (0, 1):
         for dataset in ("A", "B"):  # the ablation: all four variants at the base budget and depth
             assert any(g.dataset == dataset and g.seed == seed and "ablation" in member_of(g) for g in groups)
@@ -100,6 +111,19 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     assert report["factors"]["ablation"] == []  # a group of two is not the four-way ablation
     assert len(load_results(paths.results)) == 1
     assert "## depth" in (paths.results / "report.md").read_text() == report_markdown(report)
+    # the sampling factor: the same drafts benched sampled at temperature 1 beside the greedy group
+    twin = Group(synthetic_dir.name, seed=0, steps=6, depth=3, variants=PAIR, temperature=1.0)
+    assert run_groups([twin], paths, settings) == [twin]
+    assert (paths.draft(group, "pad-rec") / "model.safetensors").stat().st_mtime_ns == stamp  # not retrained
+    sampled = json.loads((paths.group_dir(twin) / "group.json").read_text())
+    assert sampled["bench"]["config"]["temperature"] == 1.0 and sampled["group"]["temperature"] == 1.0
+    report = write_report(paths.results, base_steps=6, base_depth=3)
+    cells = {tuple(c["cell"][2:]): c for c in report["factors"]["sampling"]}
+    assert set(cells) == {(6, "greedy"), (6, "T=1")}
+    assert report["factors"]["depth"] == [cell]  # the sampled group counts for the sampling factor only
+    assert any(
+        line.startswith("sampling ") and "/T=1, chain: pad-rec" in line for line in report["conclusion"]
+    )
 
 
 def test_study_refusals(tmp_path):

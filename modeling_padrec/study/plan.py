@@ -2,8 +2,9 @@
 
 A *draft* is one trained PAD-Rec ablation: (dataset, target, variant, seed, steps, train depth). A *group* is the
 drafts that are benched together, interleaved request by request on the same users: every variant trained with
-one (dataset, target, seed, steps, train depth). Factors share groups: the ablation's groups at the base budget
-and depth are also the budget factor's and the depth factor's middle points, so nothing is trained twice.
+one (dataset, target, seed, steps, train depth), decoded greedily or sampled. Factors share groups: the
+ablation's groups at the base budget and depth are also the budget factor's and the depth factor's middle points,
+and the sampling factor benches drafts the other factors trained, so nothing is trained twice.
 """
 
 from __future__ import annotations
@@ -16,16 +17,22 @@ VARIANTS = {  # the four-way ablation: variant -> (item-slot signal, draft-step 
     "step-only": (False, True),
     "no-position": (False, False),
 }
-FACTORS = ("ablation", "budget", "depth")
+FACTORS = ("ablation", "budget", "depth", "sampling")
 DATASETS = ("Instruments", "Beauty", "beauty-timesplit")
 BASE_STEPS, BUDGETS = 500, (150, 500, 1500)
 BASE_DEPTH, DEPTHS = 12, (5, 12)  # unrolled steps in training; an engine round of 5 choices steps ~12 tokens
-PAIR = ("pad-rec", "no-position")  # the budget and depth factors compare the full draft with no signals
+PAIR = (
+    "pad-rec",
+    "no-position",
+)  # the budget, depth and sampling factors compare the full draft with no signals
+# greedy vs sampling at temperature 1, at the smallest budget and at the base one (drafts of the budget factor)
+SAMPLING_TEMPERATURE, SAMPLING_STEPS = 1.0, (BUDGETS[0], BASE_STEPS)
 
 
 @dataclass(frozen=True, order=True)
 class Group:
-    """Drafts benched together: every ``variants`` draft of one (dataset, target, seed, steps, depth)."""
+    """Drafts benched together: every ``variants`` draft of one (dataset, target, seed, steps, depth), decoded
+    greedily (``temperature`` 0) or sampled at ``temperature`` (the drafts are the same either way)."""
 
     dataset: str
     seed: int
@@ -33,12 +40,20 @@ class Group:
     depth: int = BASE_DEPTH
     target: str = "ref"
     variants: tuple[str, ...] = tuple(VARIANTS)
+    temperature: float = 0.0
 
     @property
     def name(self) -> str:
         """A stable folder name (the variants are part of it: a group of two is not a group of four)."""
         tag = "all" if self.variants == tuple(VARIANTS) else "+".join(self.variants)
-        return f"{self.dataset}-{self.target}-seed{self.seed}-steps{self.steps}-depth{self.depth}-{tag}"
+        sampled = f"-t{self.temperature:g}" if self.temperature else ""
+        return (
+            f"{self.dataset}-{self.target}-seed{self.seed}-steps{self.steps}-depth{self.depth}-{tag}{sampled}"
+        )
+
+    @property
+    def decoding(self) -> str:
+        return f"T={self.temperature:g}" if self.temperature else "greedy"
 
     def draft_name(self, variant: str) -> str:
         return f"draft-{variant}-seed{self.seed}-steps{self.steps}-depth{self.depth}"
@@ -62,12 +77,23 @@ def plan(factors=FACTORS, datasets=DATASETS, seeds=(0, 1, 2)) -> list[Group]:
             groups |= {Group(first, seed, steps=s, variants=_pair(s, BASE_DEPTH)) for s in BUDGETS}
         if "depth" in factors:
             groups |= {Group(first, seed, depth=d, variants=_pair(BASE_STEPS, d)) for d in DEPTHS}
+        if "sampling" in factors:  # each sampled group next to its greedy twin
+            for s in SAMPLING_STEPS:
+                groups.add(Group(first, seed, steps=s, variants=_pair(s, BASE_DEPTH)))
+                groups.add(Group(first, seed, steps=s, variants=PAIR, temperature=SAMPLING_TEMPERATURE))
     # a pair group whose cell is also a full group is the full group (same drafts, more of them)
-    full = {(g.dataset, g.seed, g.steps, g.depth, g.target) for g in groups if g.variants == tuple(VARIANTS)}
+    full = {_key(g) for g in groups if g.variants == tuple(VARIANTS)}
     kept = [g for g in groups if g.variants == tuple(VARIANTS) or _key(g) not in full]
     return sorted(
         kept,
-        key=lambda g: (g.dataset != datasets[0], len(g.variants) < len(VARIANTS), g.steps, g.seed, g.name),
+        key=lambda g: (
+            g.dataset != datasets[0],
+            len(g.variants) < len(VARIANTS),
+            g.temperature,
+            g.steps,
+            g.seed,
+            g.name,
+        ),
     )
 
 
@@ -76,18 +102,24 @@ def _pair(steps: int, depth: int) -> tuple[str, ...]:
 
 
 def _key(g: Group) -> tuple:
-    return (g.dataset, g.seed, g.steps, g.depth, g.target)
+    return (g.dataset, g.seed, g.steps, g.depth, g.target, g.temperature)
 
 
 def member_of(group: Group, base_steps: int = BASE_STEPS, base_depth: int = BASE_DEPTH) -> list[str]:
     """The factors a group's results count for: the four-way ablation at the base budget and depth; the budget
-    factor at the base depth, the depth factor at the base budget (both need the pad-rec / no-position pair)."""
-    factors = []
+    factor at the base depth, the depth factor at the base budget (both need the pad-rec / no-position pair); the
+    sampling factor (sampled groups, and their greedy twins) at the base depth and its budgets."""
     pair = set(PAIR) <= set(group.variants)
+    sampling = pair and group.depth == base_depth and group.steps in (SAMPLING_STEPS[0], base_steps)
+    if group.temperature:
+        return ["sampling"] if sampling else []
+    factors = []
     if (group.steps, group.depth) == (base_steps, base_depth) and group.variants == tuple(VARIANTS):
         factors.append("ablation")
     if group.depth == base_depth and pair:
         factors.append("budget")
     if group.steps == base_steps and pair:
         factors.append("depth")
+    if sampling:
+        factors.append("sampling")
     return factors

@@ -37,7 +37,8 @@ def load_results(results: Path) -> list[GroupResult]:
             continue
         summary = json.loads(summary_path.read_text())
         g = summary["group"]
-        group = Group(g["dataset"], g["seed"], g["steps"], g["depth"], g["target"], tuple(g["variants"]))
+        group = Group(g["dataset"], g["seed"], g["steps"], g["depth"], g["target"], tuple(g["variants"]),
+                      g.get("temperature", 0.0))  # fmt: skip
         requests: dict[str, dict[str, dict]] = {}
         for line in requests_path.read_text().splitlines():
             if line.strip():
@@ -48,14 +49,20 @@ def load_results(results: Path) -> list[GroupResult]:
 
 
 def _cells(results: list[GroupResult], factor: str, base: tuple[int, int]) -> dict[tuple, list[GroupResult]]:
-    """A factor's groups by cell (every field but the seed): (dataset, target[, steps or train depth])."""
+    """A factor's groups by cell (every field but the seed): (dataset, target[, steps or train depth][, the
+    decoding])."""
     cells: dict[tuple, list[GroupResult]] = {}
     for r in results:
         g = r.group
         if factor not in member_of(g, *base):
             continue
-        key = (g.dataset, g.target) + ({"budget": (g.steps,), "depth": (g.depth,)}.get(factor, ()))
+        key = (g.dataset, g.target) + (
+            {"budget": (g.steps,), "depth": (g.depth,), "sampling": (g.steps, g.decoding)}.get(factor, ())
+        )
         cells.setdefault(key, []).append(r)
+    if factor == "sampling":  # a greedy cell is shown beside its sampled twin, not alone
+        sampled = {k[:3] for k in cells if k[3] != "greedy"}
+        cells = {k: v for k, v in cells.items() if k[:3] in sampled}
     return dict(sorted(cells.items()))
 
 
@@ -186,11 +193,13 @@ def report_markdown(report: dict) -> str:
         f"{report['groups']} group(s) of drafts benched. Every figure: value [95% interval], a bootstrap over "
         "seeds and users (`modeling_padrec/study/stats.py`). *vs no-position*: the no-position draft's latency "
         "over the variant's on the same request, as a geometric mean (> 1: the variant is faster). Speedups are "
-        "over `ar` (stock `generate` greedy) on the same request. CPU time so far: "
+        "over `ar` (stock `generate`, greedy, or sampled in the sampling factor's sampled cells) on the same "
+        "request. CPU time so far: "
         f"{cpu['train_s'] / 3600:.1f} h training, {cpu['bench_s'] / 3600:.1f} h benching.",
         "",
     ]
-    titles = {"ablation": ("dataset",), "budget": ("dataset", "steps"), "depth": ("dataset", "train depth")}
+    titles = {"ablation": ("dataset",), "budget": ("dataset", "steps"), "depth": ("dataset", "train depth"),
+              "sampling": ("dataset", "steps", "decoding")}  # fmt: skip
     for factor, cells in report["factors"].items():
         lines += [f"## {factor}", ""]
         if not cells:
@@ -202,7 +211,7 @@ def report_markdown(report: dict) -> str:
         lines += ["| " + " | ".join(head + cols) + " |", "|" + "---|" * (len(head) + len(cols))]
         for cell in cells:
             key = cell["cell"]
-            shown = [key[0]] + ([str(key[2])] if factor != "ablation" else [])
+            shown = [key[0], *map(str, key[2:])]
             for variant, kinds in cell["variants"].items():
                 chain, tree = kinds["chain"], kinds["tree"]
                 row = [*shown, ",".join(map(str, cell["seeds"])), variant,

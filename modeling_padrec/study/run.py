@@ -112,7 +112,7 @@ def bench_group(group: Group, paths: StudyPaths, settings: RunSettings, records:
     cfg = BenchConfig(
         target=str(paths.target(group)), data=str(paths.data / group.dataset), drafts=drafts,
         users=settings.users, device=settings.device, only=only, engine_depth=ENGINE_DEPTH,
-        tree=TreeSpec(**TREE), seed=group.seed,
+        tree=TreeSpec(**TREE), seed=group.seed, temperature=group.temperature or None,
     )  # fmt: skip
     _say(f"study: benching {group.name} on {settings.users} users")
     result = bench_run(cfg, progress=settings.progress)
