@@ -111,11 +111,14 @@ def _where(path) -> str:
 
 
 def draft_method_name(config) -> str:
-    """``pad-rec`` (both position signals), ``item-only``, ``step-only`` or ``no-position``."""
+    """``pad-rec`` (both position signals), ``item-only``, ``step-only`` or ``no-position``; a step signal
+    without its context gate adds ``-ungated``."""
     item, step = config.use_item_position, config.use_step_position
-    return {(True, True): "pad-rec", (True, False): "item-only", (False, True): "step-only"}.get(
+    name = {(True, True): "pad-rec", (True, False): "item-only", (False, True): "step-only"}.get(
         (item, step), "no-position"
     )
+    ungated = step and getattr(config, "step_gate", "context") == "none"
+    return name + "-ungated" if ungated else name
 
 
 def build_methods(
@@ -177,6 +180,7 @@ def build_methods(
             "trained_depth": draft.config.max_draft_steps,
             "use_item_position": draft.config.use_item_position,
             "use_step_position": draft.config.use_step_position,
+            "step_gate": draft.config.step_gate if draft.config.use_step_position else None,
         }
         methods.append(
             Method(f"generate:{name}", "draft", {"assistant_model": draft}, draft, _where(path), info)

@@ -165,7 +165,7 @@ def cmd_train_draft(args) -> int:
     from .draft_training import train_draft
 
     return _distil(args, train_draft, "draft", depth=args.depth, use_item_position=not args.no_item_pos,
-                   use_step_position=not args.no_step_pos)  # fmt: skip
+                   use_step_position=not args.no_step_pos, step_gate=args.step_gate)  # fmt: skip
 
 
 def cmd_train_assistant(args) -> int:
@@ -671,6 +671,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--depth", type=_positive, default=5, help="draft steps per round (K)")
     t.add_argument("--no-item-pos", action="store_true", help="switch off the item-slot embedding")
     t.add_argument("--no-step-pos", action="store_true", help="switch off the gated draft-step embedding")
+    t.add_argument(
+        "--step-gate",
+        choices=["context", "none"],
+        default="context",
+        help="the step embedding's gate: context (PAD-Rec: a linear layer on every draft step) or none (added "
+        "ungated, no per-step matmul)",
+    )
     t.set_defaults(func=cmd_train_draft)
 
     t = sub.add_parser("train-assistant", help="distil a small standalone Qwen2 assistant (vanilla SD)")
@@ -792,11 +799,12 @@ def build_parser() -> argparse.ArgumentParser:
         q = st.add_parser(name, help=helptext)
         q.add_argument(
             "--factors",
-            default="ablation,budget,depth,sampling",
-            help="comma-separated: ablation,budget,depth,sampling",
+            default="ablation,budget,depth,sampling,gate",
+            help="comma-separated: ablation,budget,depth,sampling,gate",
         )
         q.add_argument("--datasets", default="Instruments,Beauty,beauty-timesplit",
-                       help="comma-separated dataset folder names under --data-root (budget and depth: the first)")  # fmt: skip
+                       help="comma-separated dataset folder names under --data-root (budget, depth, sampling, gate: the "
+                            "first)")  # fmt: skip
         q.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
         q.add_argument("--data-root", default="../shared/data", help="folder holding the dataset folders")
         q.add_argument("--runs", default="runs", help="targets (runs/ref/DATASET/target) and study drafts")

@@ -8,6 +8,8 @@ and every token id has a *slot*: the code level ``0..L-1`` of an item token, ``L
 
 from transformers import PretrainedConfig
 
+STEP_GATES = ("context", "none")
+
 
 class PadRecDraftConfig(PretrainedConfig):
     r"""
@@ -31,6 +33,8 @@ class PadRecDraftConfig(PretrainedConfig):
         use_item_position (`bool`): add `alpha * E_slot[slot(x_{t+1})]` to the fused feature.
         use_step_position (`bool`): add `sigmoid(W_g h + b) * E_step[k]` to the fused feature.
             Both off: the plain EAGLE-style baseline.
+        step_gate (`str`): how the step embedding is gated. `"context"` (PAD-Rec): `sigmoid(W_g h + b)`, a linear
+            layer on every draft step; `"none"`: `h + E_step[k]`, no gate and no per-step matmul (the cheaper form).
         slot_scale_init (`float`): initial value of the learnable coefficient alpha.
         token_map_fingerprint (`str`, *optional*): hash of the token layout the draft was built for.
         catalog (`dict`, *optional*): the catalog the draft was trained on (its target's): ``items``, ``levels``
@@ -60,6 +64,7 @@ class PadRecDraftConfig(PretrainedConfig):
     max_draft_steps: int = 5
     use_item_position: bool = True
     use_step_position: bool = True
+    step_gate: str = "context"
     slot_scale_init: float = 1.0
     token_map_fingerprint: str | None = None
     catalog: dict | None = None
@@ -83,6 +88,8 @@ class PadRecDraftConfig(PretrainedConfig):
             raise ValueError("rec_token_ids must not repeat an id")
         if self.num_slots < 2 or any(not 0 <= s < self.num_slots for s in self.rec_token_slots):
             raise ValueError(f"slots must lie in [0, num_slots={self.num_slots})")
+        if self.step_gate not in STEP_GATES:
+            raise ValueError(f"step_gate must be one of {', '.join(STEP_GATES)}, got {self.step_gate!r}")
         if self.max_draft_steps < 1:
             raise ValueError(f"max_draft_steps must be >= 1, got {self.max_draft_steps}")
         super().__post_init__(**kwargs)

@@ -115,10 +115,12 @@ def new_draft(
     use_item_position: bool = True,
     use_step_position: bool = True,
     seed: int = 0,
+    step_gate: str = "context",
 ) -> PadRecDraftModel:
     """An untrained draft for ``target`` (a Target, PEFT model or causal LM): random layer weights drawn from
-    ``seed``, token embeddings and head rows copied from the target. Eval mode, on the target's device."""
-    config = draft_config(target, token_map, depth, use_item_position, use_step_position)
+    ``seed``, token embeddings and head rows copied from the target. Eval mode, on the target's device.
+    ``step_gate``: ``"context"`` (PAD-Rec's gate) or ``"none"`` (the step embedding added ungated)."""
+    config = draft_config(target, token_map, depth, use_item_position, use_step_position, step_gate=step_gate)
     model = causal_lm(target)
     torch.manual_seed(seed)
     draft = PadRecDraftModel(config).to(model.device)

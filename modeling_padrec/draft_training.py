@@ -57,6 +57,7 @@ class DraftTrainArgs:
     token_weight: float = 1.0
     save_every: int = 200
     cache_dir: str | None = None
+    step_gate: str = "context"  # "none": the step embedding without its context gate
 
 
 # --------------------------------------------------------------------------- data: the target's own lists
@@ -377,7 +378,7 @@ def train_draft(
     """Train a PAD-Rec draft for the target in ``target_dir`` on dataset ``data``; save it to ``out``.
 
     ``options``: the other fields of :class:`DraftTrainArgs` (batch_size, lr, max_users, prompts_per_user,
-    feature_weight, token_weight, save_every). Both position signals off gives the EAGLE-style baseline,
+    feature_weight, token_weight, save_every, cache_dir, step_gate). Both position signals off gives the EAGLE-style baseline,
     trained by the same recipe. ``out`` gets the Hub-loadable draft (remote code included), ``padrec_draft.json``
     (the arguments and final metrics) and ``train_log.jsonl``. Returns ``out`` as an absolute path.
     """
@@ -397,7 +398,13 @@ def train_draft(
     accelerator = accelerator or Accelerator()
     run = Distillation.prepare(args, accelerator)
     draft = new_draft(
-        run.target, run.recommender.token_map, depth, use_item_position, use_step_position, seed=seed
+        run.target,
+        run.recommender.token_map,
+        depth,
+        use_item_position,
+        use_step_position,
+        seed=seed,
+        step_gate=args.step_gate,
     )
     head = rec_head(run.target.model, draft.config.rec_token_ids)
     draft, final = run.train(

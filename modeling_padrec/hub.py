@@ -373,7 +373,11 @@ def _write_draft(folder, draft_dir, config, meta, common, repo_id, target_repo_i
         "unrolled draft steps in training (K)": config.max_draft_steps,
         "tokens drafted per round (generation_config.json)": depth,
         "item-slot embedding": config.use_item_position,
-        "draft-step embedding": config.use_step_position,
+        "draft-step embedding": (
+            f"True ({'context-gated' if config.step_gate == 'context' else 'ungated'})"
+            if config.use_step_position
+            else False
+        ),
         "training steps": args.get("max_steps", "unknown"),
         "batch size": args.get("batch_size", "unknown"),
         "learning rate": args.get("lr", "unknown"),

@@ -7,7 +7,8 @@ At position t the draft reads the target's last hidden state f_t and the next to
 
     h = fc([f_t ; e(x_{t+1})])
     h = h + alpha * E_slot[slot(x_{t+1})]                 (use_item_position)
-    h = h + sigmoid(W_g h + b) * E_step[k]                (use_step_position, k = draft step of the round)
+    h = h + sigmoid(W_g h + b) * E_step[k]                (use_step_position, k = draft step of the round;
+                                                          step_gate="none": h + E_step[k])
     f_{t+1} ~ decoder_layer(h)                            (the predicted feature)
     logits = lm_head(norm(f_{t+1}))                       (recommendation vocabulary only)
 
@@ -58,7 +59,8 @@ class PadRecPositionSignals(nn.Module):
     """PAD-Rec's two position signals, added to the fused feature h.
 
     * item position: ``h + alpha * E_slot[slot]`` with a learnable scalar alpha;
-    * draft step: ``h + sigmoid(W_g h + b) * E_step[step]``, a gate computed from the context.
+    * draft step: ``h + sigmoid(W_g h + b) * E_step[step]``, a gate computed from the context (``step_gate=
+      "context"``), or ``h + E_step[step]`` (``"none"``: no linear layer on the step's path).
     """
 
     def __init__(self, config: PadRecDraftConfig):
@@ -69,17 +71,19 @@ class PadRecPositionSignals(nn.Module):
         if self.use_item_position:
             self.slot_embed = nn.Embedding(config.num_slots, config.hidden_size)
             self.slot_scale = nn.Parameter(torch.tensor(float(config.slot_scale_init)))
+        self.gated = self.use_step_position and config.step_gate == "context"
         if self.use_step_position:
             self.step_embed = nn.Embedding(config.max_draft_steps, config.hidden_size)
+        if self.gated:
             self.step_gate = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden: torch.Tensor, slots: torch.LongTensor, steps: torch.LongTensor) -> torch.Tensor:
         if self.use_item_position:
             hidden = hidden + self.slot_scale * self.slot_embed(slots)
         if self.use_step_position:
-            gate = torch.sigmoid(self.step_gate(hidden))
             # a round deeper than the trained depth reuses the last step embedding
-            hidden = hidden + gate * self.step_embed(steps.clamp(max=self.max_step))
+            embed = self.step_embed(steps.clamp(max=self.max_step))
+            hidden = hidden + (torch.sigmoid(self.step_gate(hidden)) * embed if self.gated else embed)
         return hidden
 
 
@@ -440,12 +444,14 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         feature = target_features.reshape(rows, m, -1).to(self.fc.weight.dtype)
         hidden = F.linear(feature, t["fc_feature"]) + t["token"][row]
         if self.signals.use_step_position:
-            gate = torch.sigmoid(self.signals.step_gate(hidden))
             if torch.is_tensor(step):
                 embed = t["step"][step.reshape(rows, m).clamp(max=self.signals.max_step)]
             else:
                 embed = t["step"][min(step, self.signals.max_step)]
-            hidden = torch.addcmul(hidden, gate, embed)
+            if self.signals.gated:
+                hidden = torch.addcmul(hidden, torch.sigmoid(self.signals.step_gate(hidden)), embed)
+            else:
+                hidden = hidden + embed
         attn, mlp = self.layer.self_attn, self.layer.mlp
         x = _rms_norm(hidden, self.layer.input_layernorm.weight, cfg.rms_norm_eps)
         qkv = F.linear(x, t["qkv_weight"], t["qkv_bias"])

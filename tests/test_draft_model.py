@@ -33,6 +33,10 @@ def _inputs(draft, length=7, seed=0):
 # --------------------------------------------------------------------------- config
 
 
+SIGNALS = [(True, True, "context"), (True, False, "context"), (False, True, "context"), (False, False, "context"),
+           (True, True, "none"), (False, True, "none")]  # fmt: skip
+
+
 def test_config_from_target_and_token_map(world):
     tm = world.token_map
     cfg = draft_config(world.target, tm, depth=6, use_item_position=False)
@@ -57,6 +61,8 @@ def test_config_rejects_inconsistent_settings():
         PadRecDraftConfig(vocab_size=10, rec_token_ids=[1], rec_token_slots=[7], num_slots=4)
     with pytest.raises(ValueError, match="max_draft_steps"):
         PadRecDraftConfig(vocab_size=10, max_draft_steps=0)
+    with pytest.raises(ValueError, match="step_gate must be one of context, none"):
+        PadRecDraftConfig(vocab_size=10, step_gate="low-rank")
 
 
 def test_token_map_vocab_mismatch_is_refused(world):
@@ -120,14 +126,14 @@ def test_cached_steps_equal_one_full_pass(world):
     assert torch.allclose(torch.cat(parts, dim=1), full.features, atol=1e-5)
 
 
-@pytest.mark.parametrize("item,step", [(True, True), (True, False), (False, True), (False, False)])
-def test_decode_step_is_forward_for_one_token(lora_world, item, step):
+@pytest.mark.parametrize("item,step,gate", SIGNALS)
+def test_decode_step_is_forward_for_one_token(lora_world, item, step, gate):
     """The one-token fast path (fused tables) computes what forward computes, with and without the head, and
     rebuilds its tables when a weight changes."""
     from transformers import DynamicCache
 
     draft = new_draft(lora_world.target, lora_world.token_map, depth=3, use_item_position=item,
-                      use_step_position=step, seed=3)  # fmt: skip
+                      use_step_position=step, seed=3, step_gate=gate)  # fmt: skip
     with torch.no_grad():
         for p in draft.parameters():  # move every weight off its init (zero gates, unit norms, ...)
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
@@ -173,12 +179,13 @@ def test_padding_mask_keeps_rows_independent(world):
     assert torch.allclose(both.features[0, :3], alone.features[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("item, step", [(True, True), (True, False), (False, True), (False, False)])
-def test_position_signals_follow_the_switches(world, item, step):
-    draft = new_draft(world.target, world.token_map, depth=4, use_item_position=item, use_step_position=step)
+@pytest.mark.parametrize("item,step,gate", SIGNALS)
+def test_position_signals_follow_the_switches(world, item, step, gate):
+    draft = new_draft(world.target, world.token_map, depth=4, use_item_position=item, use_step_position=step,
+                      step_gate=gate)  # fmt: skip
     names = {n.split(".")[1] for n, _ in draft.named_parameters() if n.startswith("signals.")}
     expected = ({"slot_embed", "slot_scale"} if item else set()) | (
-        {"step_embed", "step_gate"} if step else set()
+        ({"step_embed", "step_gate"} if gate == "context" else {"step_embed"}) if step else set()
     )
     assert names == expected
     ids, feats = _inputs(draft)
@@ -323,13 +330,15 @@ def test_training_unroll_is_what_drafting_computes(world):
                 assert torch.allclose(o.logits[:, -1], outs[k].logits[:, t], atol=1e-5), (k, t)
 
 
-@pytest.mark.parametrize("item,step", [(True, True), (False, False)])
-def test_decode_step_for_tree_nodes_is_forward_under_the_same_mask(lora_world, item, step):
+@pytest.mark.parametrize(
+    "item,step,gate", [(True, True, "context"), (False, False, "context"), (True, True, "none")]
+)
+def test_decode_step_for_tree_nodes_is_forward_under_the_same_mask(lora_world, item, step, gate):
     """Several tokens at once (one level of a draft tree): own positions, own steps, a boolean tree mask."""
     from transformers import DynamicCache
 
     draft = new_draft(lora_world.target, lora_world.token_map, depth=3, use_item_position=item,
-                      use_step_position=step, seed=5)  # fmt: skip
+                      use_step_position=step, seed=5, step_gate=gate)  # fmt: skip
     with torch.no_grad():
         for p in draft.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)

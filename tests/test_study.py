@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 from test_cli import assert_clean_error, padrec
 
-from modeling_padrec.study.plan import BUDGETS, PAIR, SAMPLING_STEPS, VARIANTS, Group, member_of, plan
+from modeling_padrec.study.plan import (
+    BUDGETS,
+    GATE_VARIANTS,
+    PAIR,
+    SAMPLING_STEPS,
+    UNGATED,
+    VARIANTS,
+    Group,
+    draft_settings,
+    member_of,
+    plan,
+)
 from modeling_padrec.study.report import load_results, report_markdown, write_report
 from modeling_padrec.study.run import RunSettings, StudyPaths, is_done, run_groups
 from modeling_padrec.study.stats import geometric_mean, ratio_of_sums
@@ -20,8 +31,15 @@ def test_plan_trains_every_draft_once_and_covers_every_factor():
     names = [g.name for g in groups]
     assert len(names) == len(set(names))
     greedy = [g for g in groups if not g.temperature]
-    drafts = [(g.dataset, g.seed, g.steps, g.depth, v) for g in greedy for v in g.variants]
-    assert len(drafts) == len(set(drafts))  # no draft trained twice
+    # the ablation, budget and depth groups bench each draft once; the sampling and gate groups bench again
+    # drafts those groups trained (plus, for the gate, the ungated one)
+    trained = [g for g in greedy if UNGATED not in g.variants]
+    drafts = [(g.dataset, g.seed, g.steps, g.depth, v) for g in trained for v in g.variants]
+    assert len(drafts) == len(set(drafts))
+    gated = [g for g in groups if UNGATED in g.variants]
+    assert sorted(g.seed for g in gated) == [0, 1] and all(member_of(g) == ["gate"] for g in gated)
+    for g in gated:
+        assert {(g.dataset, g.seed, g.steps, g.depth, v) for v in g.variants if v != UNGATED} <= set(drafts)
     sampled = [g for g in groups if g.temperature]
     assert {(g.seed, g.steps) for g in sampled} == {(s, n) for s in (0, 1) for n in SAMPLING_STEPS}
     for g in sampled:  # a sampled group benches drafts a greedy group trains, and its greedy twin is planned
@@ -41,6 +59,12 @@ def test_plan_trains_every_draft_once_and_covers_every_factor():
     assert groups[0].variants == tuple(VARIANTS) and groups[0].dataset == "A"  # the core question first
     with pytest.raises(ValueError, match="unknown factor"):
         plan(factors=("ablation", "speed"))
+    assert draft_settings(UNGATED) == {
+        "use_item_position": True,
+        "use_step_position": True,
+        "step_gate": "none",
+    }
+    assert draft_settings("item-only") == {"use_item_position": True, "use_step_position": False}
 
 
 def test_intervals():
@@ -124,6 +148,19 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     assert any(
         line.startswith("sampling ") and "/T=1, chain: pad-rec" in line for line in report["conclusion"]
     )
+    # the gate factor: an ungated PAD-Rec draft trained beside the same two, all three benched together
+    gate = Group(synthetic_dir.name, seed=0, steps=6, depth=3, variants=GATE_VARIANTS)
+    assert run_groups([gate], paths, settings) == [gate]
+    assert (paths.draft(group, "pad-rec") / "model.safetensors").stat().st_mtime_ns == stamp  # not retrained
+    config = json.loads((paths.draft(gate, UNGATED) / "config.json").read_text())
+    assert config["step_gate"] == "none" and config["use_step_position"] and config["use_item_position"]
+    report = write_report(paths.results, base_steps=6, base_depth=3)
+    (gate_cell,) = report["factors"]["gate"]
+    assert list(gate_cell["variants"]) == ["pad-rec", "no-position", UNGATED]
+    assert "vs_pad_rec" in gate_cell["variants"][UNGATED]["chain"]
+    assert any(line.startswith("gate ") and f"chain: {UNGATED} is" in line and "pad-rec (" in line
+               for line in report["conclusion"])  # fmt: skip
+    assert report["factors"]["depth"] == [cell]  # the gate group counts for the gate factor only
 
 
 def test_study_refusals(tmp_path):

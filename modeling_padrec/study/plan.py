@@ -17,7 +17,8 @@ VARIANTS = {  # the four-way ablation: variant -> (item-slot signal, draft-step 
     "step-only": (False, True),
     "no-position": (False, False),
 }
-FACTORS = ("ablation", "budget", "depth", "sampling")
+UNGATED = "pad-rec-ungated"  # PAD-Rec with the step embedding added ungated: the gate's cheaper form
+FACTORS = ("ablation", "budget", "depth", "sampling", "gate")
 DATASETS = ("Instruments", "Beauty", "beauty-timesplit")
 BASE_STEPS, BUDGETS = 500, (150, 500, 1500)
 BASE_DEPTH, DEPTHS = 12, (5, 12)  # unrolled steps in training; an engine round of 5 choices steps ~12 tokens
@@ -27,6 +28,16 @@ PAIR = (
 )  # the budget, depth and sampling factors compare the full draft with no signals
 # greedy vs sampling at temperature 1, at the smallest budget and at the base one (drafts of the budget factor)
 SAMPLING_TEMPERATURE, SAMPLING_STEPS = 1.0, (BUDGETS[0], BASE_STEPS)
+# the step gate's cost: PAD-Rec with and without its context gate, beside the no-position draft
+GATE_VARIANTS, GATE_STEPS = ("pad-rec", UNGATED, "no-position"), (BUDGETS[0],)
+
+
+def draft_settings(variant: str) -> dict:
+    """``train_draft`` arguments of a study variant."""
+    if variant == UNGATED:
+        return {"use_item_position": True, "use_step_position": True, "step_gate": "none"}
+    item, step = VARIANTS[variant]
+    return {"use_item_position": item, "use_step_position": step}
 
 
 @dataclass(frozen=True, order=True)
@@ -81,6 +92,8 @@ def plan(factors=FACTORS, datasets=DATASETS, seeds=(0, 1, 2)) -> list[Group]:
             for s in SAMPLING_STEPS:
                 groups.add(Group(first, seed, steps=s, variants=_pair(s, BASE_DEPTH)))
                 groups.add(Group(first, seed, steps=s, variants=PAIR, temperature=SAMPLING_TEMPERATURE))
+        if "gate" in factors:
+            groups |= {Group(first, seed, steps=s, variants=GATE_VARIANTS) for s in GATE_STEPS}
     # a pair group whose cell is also a full group is the full group (same drafts, more of them)
     full = {_key(g) for g in groups if g.variants == tuple(VARIANTS)}
     kept = [g for g in groups if g.variants == tuple(VARIANTS) or _key(g) not in full]
@@ -108,7 +121,10 @@ def _key(g: Group) -> tuple:
 def member_of(group: Group, base_steps: int = BASE_STEPS, base_depth: int = BASE_DEPTH) -> list[str]:
     """The factors a group's results count for: the four-way ablation at the base budget and depth; the budget
     factor at the base depth, the depth factor at the base budget (both need the pad-rec / no-position pair); the
-    sampling factor (sampled groups, and their greedy twins) at the base depth and its budgets."""
+    sampling factor (sampled groups, and their greedy twins) at the base depth and its budgets; the gate factor
+    (groups with the ungated PAD-Rec draft) only that one."""
+    if UNGATED in group.variants:
+        return ["gate"] if group.depth == base_depth else []
     pair = set(PAIR) <= set(group.variants)
     sampling = pair and group.depth == base_depth and group.steps in (SAMPLING_STEPS[0], base_steps)
     if group.temperature:

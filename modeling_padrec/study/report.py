@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plan import BASE_DEPTH, BASE_STEPS, FACTORS, VARIANTS, Group, member_of
+from .plan import BASE_DEPTH, BASE_STEPS, FACTORS, UNGATED, VARIANTS, Group, member_of
 from .stats import Estimate, geometric_mean, ratio_of_sums
 
 NONE = "no-position"
@@ -57,7 +57,12 @@ def _cells(results: list[GroupResult], factor: str, base: tuple[int, int]) -> di
         if factor not in member_of(g, *base):
             continue
         key = (g.dataset, g.target) + (
-            {"budget": (g.steps,), "depth": (g.depth,), "sampling": (g.steps, g.decoding)}.get(factor, ())
+            {
+                "budget": (g.steps,),
+                "depth": (g.depth,),
+                "sampling": (g.steps, g.decoding),
+                "gate": (g.steps,),
+            }.get(factor, ())
         )
         cells.setdefault(key, []).append(r)
     if factor == "sampling":  # a greedy cell is shown beside its sampled twin, not alone
@@ -108,6 +113,8 @@ def variant_figures(results: list[GroupResult], variant: str, kind: str) -> dict
     }
     if variant != NONE and any(KINDS[kind] + NONE in r.requests for r in results):
         figures["vs_no_position"] = geometric_mean(_paired(results, KINDS[kind] + NONE, method))
+    if variant == UNGATED and any(KINDS[kind] + "pad-rec" in r.requests for r in results):
+        figures["vs_pad_rec"] = geometric_mean(_paired(results, KINDS[kind] + "pad-rec", method))
     steps = max(
         (len(rec["by_step"]) for r in results for rec in r.requests.get(method, {}).values()), default=0
     )
@@ -124,7 +131,7 @@ def build_report(results_dir: Path, base_steps: int = BASE_STEPS, base_depth: in
     for factor in FACTORS:
         cells = []
         for key, members in _cells(results, factor, (base_steps, base_depth)).items():
-            variants = [v for v in VARIANTS if all(v in m.group.variants for m in members)]
+            variants = [v for v in (*VARIANTS, UNGATED) if all(v in m.group.variants for m in members)]
             cell = {"cell": list(key), "seeds": sorted(m.group.seed for m in members), "variants": {}}
             for v in variants:
                 cell["variants"][v] = {kind: _json(variant_figures(members, v, kind)) for kind in KINDS}
@@ -160,12 +167,12 @@ def _fmt(e: dict | None) -> str:
     return "—" if not e else f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
 
 
-def _verdict(e: dict) -> str:
+def _verdict(e: dict, other: str = "the no-position draft") -> str:
     if e["low"] > 1:
-        return f"faster than the no-position draft by {100 * (e['value'] - 1):.1f}%"
+        return f"faster than {other} by {100 * (e['value'] - 1):.1f}%"
     if e["high"] < 1:
-        return f"slower than the no-position draft by {100 * (1 - e['value']):.1f}%"
-    return "not distinguishable from the no-position draft"
+        return f"slower than {other} by {100 * (1 - e['value']):.1f}%"
+    return f"not distinguishable from {other}"
 
 
 def conclusion(report: dict) -> list[str]:
@@ -176,12 +183,16 @@ def conclusion(report: dict) -> list[str]:
         for cell in cells:
             for variant, kinds in cell["variants"].items():
                 for kind, figures in kinds.items():
-                    e = figures.get("vs_no_position")
-                    if e:
-                        lines.append(
-                            f"{factor} {'/'.join(map(str, cell['cell']))}, {kind}: {variant} is {_verdict(e)} "
-                            f"({_fmt(e)}; {e['seeds']} seed(s), {e['requests']} requests)"
-                        )
+                    for key, other in (
+                        ("vs_no_position", "the no-position draft"),
+                        ("vs_pad_rec", "pad-rec"),
+                    ):
+                        e = figures.get(key)
+                        if e:
+                            lines.append(
+                                f"{factor} {'/'.join(map(str, cell['cell']))}, {kind}: {variant} is "
+                                f"{_verdict(e, other)} ({_fmt(e)}; {e['seeds']} seed(s), {e['requests']} requests)"
+                            )
     return lines
 
 
@@ -199,7 +210,7 @@ def report_markdown(report: dict) -> str:
         "",
     ]
     titles = {"ablation": ("dataset",), "budget": ("dataset", "steps"), "depth": ("dataset", "train depth"),
-              "sampling": ("dataset", "steps", "decoding")}  # fmt: skip
+              "sampling": ("dataset", "steps", "decoding"), "gate": ("dataset", "steps")}  # fmt: skip
     for factor, cells in report["factors"].items():
         lines += [f"## {factor}", ""]
         if not cells:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PadrecError
-from .plan import VARIANTS, Group
+from .plan import Group, draft_settings
 
 ENGINE_DEPTH = 5  # choices per chain round, as in the reference bench
 TREE = {
@@ -77,14 +77,13 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
     for variant in group.variants:
         out = paths.draft(group, variant)
         if not (out / "model.safetensors").is_file():
-            item, step = VARIANTS[variant]
             _say(
                 f"study: training {out} ({group.steps} steps, depth {group.depth}, seed {group.seed})",
             )
             train_draft(
-                target, paths.data / group.dataset, out, depth=group.depth, use_item_position=item,
-                use_step_position=step, max_steps=group.steps, seed=group.seed, max_users=settings.draft_users,
-                cache_dir=str(paths.cache(group)),
+                target, paths.data / group.dataset, out, depth=group.depth, max_steps=group.steps,
+                seed=group.seed, max_users=settings.draft_users, cache_dir=str(paths.cache(group)),
+                **draft_settings(variant),
             )  # fmt: skip
         records[variant] = training_record(out)
     return records
