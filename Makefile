@@ -45,9 +45,9 @@ $(REF)/target/padrec_target.json:
 	$(BIN)/padrec evaluate --target $(REF)/target --data $(SHARED)/$(DATA) --json --engine generate --batch-size 64 \
 		--out $(REF)/eval-all.json
 
-# Rewrite the README's reference table from runs/ref/*/eval-*.json.
+# Rewrite the README's reference table from runs/ref/*/eval-*.json, and publish those reports in results/*/target/.
 reference-table: install
-	$(BIN)/python scripts/reference_table.py README.md runs/ref
+	$(BIN)/python scripts/reference_table.py README.md runs/ref results
 
 # The four-way draft ablation for one dataset with its reference target: same recipe, budget and seed, one flag
 # apart. An existing draft folder is kept (delete it to retrain).

@@ -1,11 +1,13 @@
 """Render the README's reference-target table from evaluation reports, so no figure is typed by hand.
 
-    python scripts/reference_table.py README.md runs/ref
+    python scripts/reference_table.py README.md runs/ref results
 
 reads ``runs/ref/<dataset>/eval-all.json`` (all test users), ``eval-500.json`` (first 500, for the collapse
 check) and ``target/train_log.jsonl`` (training wall time), and rewrites the block between
 ``<!-- reference-table:start -->`` and ``<!-- reference-table:end -->`` in README.md; rows of datasets with no
-reports on this machine are kept as published.
+reports on this machine are kept as published. With a results folder, it also publishes each dataset's reports
+there (``results/<dataset>/target/``: the two evaluations and the target's training record), so every figure of
+the table can be checked from the repository.
 """
 
 from __future__ import annotations
@@ -69,7 +71,23 @@ def render(runs: Path, published: dict[str, str] | None = None) -> str:
     return head + "\n" + "\n".join(rows[k] for k in sorted(rows)) + hw
 
 
-def main(readme: str, runs: str) -> int:
+def publish(runs: Path, results: Path) -> None:
+    """Copy each dataset's evaluation reports and training record into ``results/<dataset>/target/``."""
+    for folder in sorted(p for p in runs.iterdir() if (p / "eval-all.json").is_file()):
+        out = results / folder.name / "target"
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("eval-all.json", "eval-500.json"):
+            (out / name).write_text((folder / name).read_text())
+        meta = json.loads((folder / "target" / "padrec_target.json").read_text())
+        record = {
+            "train": meta["train"],
+            "catalog": meta.get("catalog"),
+            "train_minutes": round(train_minutes(folder / "target" / "train_log.jsonl"), 1),
+        }
+        (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def main(readme: str, runs: str, results: str | None = None) -> int:
     path = Path(readme)
     text = path.read_text()
     if START not in text or END not in text:
@@ -78,8 +96,10 @@ def main(readme: str, runs: str) -> int:
     before, rest = text.split(START, 1)
     block, after = rest.split(END, 1)
     path.write_text(f"{before}{START}\n{render(Path(runs), published_rows(block))}\n{END}{after}")
+    if results:
+        publish(Path(runs), Path(results))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    sys.exit(main(*sys.argv[1:4]))
