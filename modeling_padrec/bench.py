@@ -618,7 +618,8 @@ def bench_run(cfg: BenchConfig, progress: bool = True) -> BenchRun:
         for method in methods:
             got = measured[method.name].output_ids
             if sampling is not None:
-                check_sampled(measured[method.name], rec.list_len, i, len(warm))
+                # a catalog smaller than the list length ends the list early
+                check_sampled(measured[method.name], min(rec.list_len, len(rec.item_lookup)), i, len(warm))
             elif got != reference:
                 pos = first_difference(got, reference)
                 where = f"warm-up request {i}" if i < len(warm) else f"request {i - len(warm)}"
