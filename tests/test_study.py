@@ -4,6 +4,7 @@ resuming, and the refusals."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -158,8 +159,8 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     (gate_cell,) = report["factors"]["gate"]
     assert list(gate_cell["variants"]) == ["pad-rec", "no-position", UNGATED]
     assert "vs_pad_rec" in gate_cell["variants"][UNGATED]["chain"]
-    assert any(line.startswith("gate ") and f"chain: {UNGATED} is" in line and "pad-rec (" in line
-               for line in report["conclusion"])  # fmt: skip
+    verdict = rf"^gate .*, chain: {UNGATED} is (faster than|slower than|not distinguishable from) pad-rec\b"
+    assert any(re.match(verdict, line) for line in report["conclusion"])  # whichever way the timing went
     assert report["factors"]["depth"] == [cell]  # the gate group counts for the gate factor only
 
 
