@@ -86,14 +86,13 @@ class Method:
     def run(self, rec: Recommender, user: str, split: str, recorder: RoundRecorder, seed: int = 0):
         """One request. Sampled methods draw from a generator seeded with ``seed`` (stock ``generate`` from the
         global one), so a run is reproducible; the same seed does not make two methods' samples equal."""
-        kwargs, generator = dict(self.generate_kwargs), None
-        if self.sampling is not None:
-            generator = torch.Generator(device=rec.device).manual_seed(seed)
-            kwargs.update(do_sample=True, temperature=self.sampling.temperature, top_k=0, top_p=1.0)
         if self.engine is not None:
+            generator = None if self.sampling is None else torch.Generator(rec.device).manual_seed(seed)
             return rec.recommend(user, split, engine=self.engine, generator=generator, settings=self.sampling)
+        kwargs = dict(self.generate_kwargs)
         if self.sampling is not None:
-            torch.manual_seed(seed)
+            torch.manual_seed(seed)  # stock generate samples from the global generator
+            kwargs.update(do_sample=True, temperature=self.sampling.temperature, top_k=0, top_p=1.0)
         if self.draft is not None:
             self.draft.attach(rec.target.model, rec.token_map)
         try:
@@ -604,6 +603,8 @@ def bench_run(cfg: BenchConfig, progress: bool = True) -> BenchRun:
         )
         for method in methods:
             method.sampling = sampling
+    # a sampled list is complete at the list length, or earlier in a catalog smaller than that
+    complete = min(rec.list_len, len(rec.item_lookup))
     recorder = RoundRecorder(target.model)
     warm = users[: cfg.warmup]
     runs: dict[str, list[Measurement]] = {m.name: [] for m in methods}
@@ -618,8 +619,7 @@ def bench_run(cfg: BenchConfig, progress: bool = True) -> BenchRun:
         for method in methods:
             got = measured[method.name].output_ids
             if sampling is not None:
-                # a catalog smaller than the list length ends the list early
-                check_sampled(measured[method.name], min(rec.list_len, len(rec.item_lookup)), i, len(warm))
+                check_sampled(measured[method.name], complete, i, len(warm))
             elif got != reference:
                 pos = first_difference(got, reference)
                 where = f"warm-up request {i}" if i < len(warm) else f"request {i - len(warm)}"

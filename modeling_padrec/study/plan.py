@@ -22,10 +22,8 @@ FACTORS = ("ablation", "budget", "depth", "sampling", "gate")
 DATASETS = ("Instruments", "Beauty", "beauty-timesplit")
 BASE_STEPS, BUDGETS = 500, (150, 500, 1500)
 BASE_DEPTH, DEPTHS = 12, (5, 12)  # unrolled steps in training; an engine round of 5 choices steps ~12 tokens
-PAIR = (
-    "pad-rec",
-    "no-position",
-)  # the budget, depth and sampling factors compare the full draft with no signals
+# the budget, depth and sampling factors compare the full draft with no signals
+PAIR = ("pad-rec", "no-position")
 # greedy vs sampling at temperature 1, at the smallest budget and at the base one (drafts of the budget factor)
 SAMPLING_TEMPERATURE, SAMPLING_STEPS = 1.0, (BUDGETS[0], BASE_STEPS)
 # the step gate's cost: PAD-Rec with and without its context gate, beside the no-position draft
