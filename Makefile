@@ -37,13 +37,25 @@ reference-target: install $(REF)/target/padrec_target.json
 # validation interactions (then only the test split is evaluated), and a third LoRA stage trains on the split's
 # own form, each user's training period -> the validation period's items.
 FIT_beauty-timesplit = --fit-splits train+valid --period-steps 300
+# $(call train-target,FOLDER,BASE): train FOLDER/target on BASE, then evaluate it (first 500 users, all users).
+define train-target
+	$(BIN)/padrec train-target --data $(SHARED)/$(DATA) --out $(1)/target --base $(2) --seed 0 $(FIT_$(DATA))
+	$(BIN)/padrec evaluate --target $(1)/target --data $(SHARED)/$(DATA) --users 500 --json --out $(1)/eval-500.json
+	$(BIN)/padrec evaluate --target $(1)/target --data $(SHARED)/$(DATA) --json --engine generate --batch-size 64 \
+		--out $(1)/eval-all.json
+endef
 $(REF)/target/padrec_target.json:
-	$(BIN)/padrec train-target --data $(SHARED)/$(DATA) --out $(REF)/target --base qwen2-small --seed 0 \
-		$(FIT_$(DATA))
-	$(BIN)/padrec evaluate --target $(REF)/target --data $(SHARED)/$(DATA) --users 500 --json \
-		--out $(REF)/eval-500.json
-	$(BIN)/padrec evaluate --target $(REF)/target --data $(SHARED)/$(DATA) --json --engine generate --batch-size 64 \
-		--out $(REF)/eval-all.json
+	$(call train-target,$(REF),qwen2-small)
+
+# The study's deeper target (its target-size factor): qwen2-small's width, 8 layers (about twice its training
+# time). Its evaluations are published beside the study's results.
+DEEP = runs/deep/$(DATA)
+.PHONY: deep-target
+deep-target: install $(DEEP)/target/padrec_target.json
+	mkdir -p results/study/targets/$(DATA)-deep
+	cp $(DEEP)/eval-500.json $(DEEP)/eval-all.json results/study/targets/$(DATA)-deep/
+$(DEEP)/target/padrec_target.json:
+	$(call train-target,$(DEEP),qwen2-deep)
 
 # Rewrite the README's reference table from runs/ref/*/eval-*.json, and publish those reports in results/*/target/.
 reference-table: install

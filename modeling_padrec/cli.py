@@ -586,7 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True)
     t.add_argument("--out", required=True)
     t.add_argument(
-        "--base", default="qwen2-small", help="preset (qwen2-tiny, qwen2-small) or Hub id / local path"
+        "--base",
+        default="qwen2-small",
+        help="preset (qwen2-tiny, qwen2-small, qwen2-deep) or Hub id / local path",
     )
     t.add_argument("--list-len", type=_positive, default=10)
     t.add_argument("--history-len", type=_positive, default=20)

@@ -246,7 +246,12 @@ def train_stage(
 # --------------------------------------------------------------------------- the target recipe
 
 # Steps per stage when --max-steps is not given: (stage-1 sequence pretraining, stage-2 LoRA list-wise).
-DEFAULT_STEPS = {"qwen2-tiny": (300, 300), "qwen2-small": (2500, 2000), None: (0, 1000)}
+DEFAULT_STEPS = {
+    "qwen2-tiny": (300, 300),
+    "qwen2-small": (2500, 2000),
+    "qwen2-deep": (2500, 2000),
+    None: (0, 1000),
+}
 
 
 @dataclass
