@@ -148,7 +148,7 @@ reference-ablation-bench: install reference-drafts $(REF)/assistant/model.safete
 # test users, resumable (a done group is skipped; a killed training resumes from its checkpoint). Each dataset
 # needs its reference target first (make reference-target DATA=...). STUDY_GROUPS caps the groups run per call,
 # STUDY_ONLY names groups (padrec study plan lists them). Results: results/study/ (per-group files + report).
-STUDY_FACTORS  ?= ablation,budget,depth,sampling,gate
+STUDY_FACTORS  ?= ablation,budget,depth,sampling,gate,target
 STUDY_DATASETS ?= Instruments,Beauty,beauty-timesplit
 STUDY_SEEDS    ?= 0,1,2
 .PHONY: study study-plan study-report

@@ -790,6 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=cmd_export)
 
+    from .study.plan import FACTORS  # the plan alone: no torch
+
     st = sub.add_parser(
         "study",
         help="the seeded position-signal study: train and bench drafts by group, resumably; report with intervals",
@@ -801,15 +803,17 @@ def build_parser() -> argparse.ArgumentParser:
         q = st.add_parser(name, help=helptext)
         q.add_argument(
             "--factors",
-            default="ablation,budget,depth,sampling,gate",
-            help="comma-separated: ablation,budget,depth,sampling,gate",
+            default=",".join(FACTORS),
+            help=f"comma-separated: {','.join(FACTORS)}",
         )
         q.add_argument("--datasets", default="Instruments,Beauty,beauty-timesplit",
-                       help="comma-separated dataset folder names under --data-root (budget, depth, sampling, gate: the "
-                            "first)")  # fmt: skip
+                       help="comma-separated dataset folder names under --data-root (budget, depth, sampling, gate, "
+                            "target: the first)")  # fmt: skip
         q.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
         q.add_argument("--data-root", default="../shared/data", help="folder holding the dataset folders")
-        q.add_argument("--runs", default="runs", help="targets (runs/ref/DATASET/target) and study drafts")
+        q.add_argument(
+            "--runs", default="runs", help="targets (runs/ref|deep/DATASET/target) and study drafts"
+        )
         q.add_argument("--results", default="results/study", help="the per-group results and the report")
         q.set_defaults(func=func)
         if name == "run":

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 from test_cli import assert_clean_error, padrec
 
+from modeling_padrec.errors import PadrecError
 from modeling_padrec.study.plan import (
     BUDGETS,
     GATE_VARIANTS,
     PAIR,
     SAMPLING_STEPS,
+    TARGET_STEPS,
+    TARGETS,
     UNGATED,
     VARIANTS,
     Group,
@@ -23,7 +26,7 @@ from modeling_padrec.study.plan import (
     plan,
 )
 from modeling_padrec.study.report import load_results, report_markdown, write_report
-from modeling_padrec.study.run import RunSettings, StudyPaths, is_done, run_groups
+from modeling_padrec.study.run import TARGET_RECIPES, RunSettings, StudyPaths, is_done, run_groups
 from modeling_padrec.study.stats import geometric_mean, ratio_of_sums
 
 
@@ -35,17 +38,30 @@ def test_plan_trains_every_draft_once_and_covers_every_factor():
     # the ablation, budget and depth groups bench each draft once; the sampling and gate groups bench again
     # drafts those groups trained (plus, for the gate, the ungated one)
     trained = [g for g in greedy if UNGATED not in g.variants]
-    drafts = [(g.dataset, g.seed, g.steps, g.depth, v) for g in trained for v in g.variants]
+    drafts = [(g.dataset, g.target, g.seed, g.steps, g.depth, v) for g in trained for v in g.variants]
     assert len(drafts) == len(set(drafts))
     gated = [g for g in groups if UNGATED in g.variants]
     assert sorted(g.seed for g in gated) == [0, 1] and all(member_of(g) == ["gate"] for g in gated)
     for g in gated:
-        assert {(g.dataset, g.seed, g.steps, g.depth, v) for v in g.variants if v != UNGATED} <= set(drafts)
+        assert {
+            (g.dataset, g.target, g.seed, g.steps, g.depth, v) for v in g.variants if v != UNGATED
+        } <= set(drafts)
+    # the target factor: the pair at its budget on each target; the deeper target's groups count for it alone,
+    # the reference target's is the budget factor's group
+    sized = {(g.target, g.seed, g.steps) for g in groups if "target" in member_of(g)}
+    assert {(t, s, n) for t in TARGETS for s in (0, 1) for n in TARGET_STEPS} <= sized
+    assert set(TARGET_RECIPES) == set(TARGETS)
+    for g in groups:
+        if g.target != "ref":
+            assert g.dataset == "A" and g.steps in TARGET_STEPS and g.variants == PAIR and not g.temperature
+            assert member_of(g) == ["target"]
+        elif g.steps in TARGET_STEPS and g.variants == PAIR and not g.temperature:
+            assert {"budget", "target"} <= set(member_of(g))
     sampled = [g for g in groups if g.temperature]
     assert {(g.seed, g.steps) for g in sampled} == {(s, n) for s in (0, 1) for n in SAMPLING_STEPS}
     for g in sampled:  # a sampled group benches drafts a greedy group trains, and its greedy twin is planned
         assert g.dataset == "A" and g.variants == PAIR and g.temperature == 1.0 and g.name.endswith("-t1")
-        assert {(g.dataset, g.seed, g.steps, g.depth, v) for v in g.variants} <= set(drafts)
+        assert {(g.dataset, g.target, g.seed, g.steps, g.depth, v) for v in g.variants} <= set(drafts)
         assert any(
             "sampling" in member_of(t) and (t.seed, t.steps, t.depth) == (g.seed, g.steps, g.depth)
             for t in greedy
@@ -162,6 +178,38 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     verdict = rf"^gate .*, chain: {UNGATED} is (faster than|slower than|not distinguishable from) pad-rec\b"
     assert any(re.match(verdict, line) for line in report["conclusion"])  # whichever way the timing went
     assert report["factors"]["depth"] == [cell]  # the gate group counts for the gate factor only
+    assert report["factors"]["target"] == []  # one target so far: nothing to compare
+    # the target factor: the same pair distilled from a second target (the tiny target again, under runs/deep),
+    # with its own drafts and distillation cache; its quality is read from its published evaluation
+    deep = Group(synthetic_dir.name, seed=0, steps=6, depth=3, target="deep", variants=PAIR)
+    with pytest.raises(PadrecError, match="make deep-target"):
+        run_groups([deep], paths, settings)
+    (runs / "deep" / synthetic_dir.name).mkdir(parents=True)
+    (runs / "deep" / synthetic_dir.name / "target").symlink_to(tiny_target)
+    assert run_groups([deep], paths, settings) == [deep]
+    assert paths.draft(deep, "pad-rec").parent.name == "deep" and paths.cache(deep).is_relative_to(
+        runs / "deep"
+    )
+    published = paths.results / "targets" / f"{synthetic_dir.name}-deep" / "eval-all.json"
+    evaluated = padrec("evaluate", "--target", tiny_target, "--data", synthetic_dir, "--users", "4", "--json",
+                       "--out", published)  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = write_report(paths.results, base_steps=6, base_depth=3)
+    cells = {c["cell"][1]: c for c in report["factors"]["target"]}
+    assert set(cells) == {"ref", "deep"} and cells["ref"]["seeds"] == [0]
+    assert cells["ref"]["quality"] is None  # not published for this dataset
+    quality = json.loads(published.read_text())
+    assert cells["deep"]["quality"]["recall@10"] == quality["recall@10"]
+    assert cells["deep"]["quality"]["mostpop"] == quality["mostpop"]
+    deep_rows = [json.loads(x) for x in (paths.group_dir(deep) / "requests.jsonl").read_text().splitlines()]
+    ar_rows = [r for r in deep_rows if r["method"] == "ar"]
+    per_token = sum(r["latency_ms"] for r in ar_rows) / sum(r["tokens"] for r in ar_rows)
+    assert cells["deep"]["ar_ms_per_token"]["value"] == pytest.approx(per_token, rel=1e-3)
+    assert report["factors"]["depth"] == [cell]  # the deep group counts for the target factor only
+    assert any(line.startswith(f"target {synthetic_dir.name}/deep/6, chain: pad-rec is ") for line in
+               report["conclusion"])  # fmt: skip
+    assert (paths.results / "target.png").stat().st_size > 0
+    assert "| ar ms/token |" in (paths.results / "report.md").read_text()
 
 
 def test_study_refusals(tmp_path):

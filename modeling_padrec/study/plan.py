@@ -4,7 +4,8 @@ A *draft* is one trained PAD-Rec ablation: (dataset, target, variant, seed, step
 drafts that are benched together, interleaved request by request on the same users: every variant trained with
 one (dataset, target, seed, steps, train depth), decoded greedily or sampled. Factors share groups: the
 ablation's groups at the base budget and depth are also the budget factor's and the depth factor's middle points,
-and the sampling factor benches drafts the other factors trained, so nothing is trained twice.
+the sampling factor benches drafts the other factors trained, and the target factor's reference cell is the budget
+factor's smallest, so nothing is trained twice.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ VARIANTS = {  # the four-way ablation: variant -> (item-slot signal, draft-step 
     "no-position": (False, False),
 }
 UNGATED = "pad-rec-ungated"  # PAD-Rec with the step embedding added ungated: the gate's cheaper form
-FACTORS = ("ablation", "budget", "depth", "sampling", "gate")
+FACTORS = ("ablation", "budget", "depth", "sampling", "gate", "target")
 DATASETS = ("Instruments", "Beauty", "beauty-timesplit")
 BASE_STEPS, BUDGETS = 500, (150, 500, 1500)
 BASE_DEPTH, DEPTHS = 12, (5, 12)  # unrolled steps in training; an engine round of 5 choices steps ~12 tokens
@@ -28,6 +29,9 @@ PAIR = ("pad-rec", "no-position")
 SAMPLING_TEMPERATURE, SAMPLING_STEPS = 1.0, (BUDGETS[0], BASE_STEPS)
 # the step gate's cost: PAD-Rec with and without its context gate, beside the no-position draft
 GATE_VARIANTS, GATE_STEPS = ("pad-rec", UNGATED, "no-position"), (BUDGETS[0],)
+# target size: the reference target (qwen2-small, 4 layers) and a deeper one at its width (qwen2-deep, 8 layers),
+# each with its own distilled pair of drafts at the smallest budget
+TARGETS, TARGET_STEPS = ("ref", "deep"), (BUDGETS[0],)
 
 
 def draft_settings(variant: str) -> dict:
@@ -92,6 +96,10 @@ def plan(factors=FACTORS, datasets=DATASETS, seeds=(0, 1, 2)) -> list[Group]:
                 groups.add(Group(first, seed, steps=s, variants=PAIR, temperature=SAMPLING_TEMPERATURE))
         if "gate" in factors:
             groups |= {Group(first, seed, steps=s, variants=GATE_VARIANTS) for s in GATE_STEPS}
+        if "target" in factors:
+            groups |= {
+                Group(first, seed, steps=s, target=t, variants=PAIR) for s in TARGET_STEPS for t in TARGETS
+            }
     # a pair group whose cell is also a full group is the full group (same drafts, more of them)
     full = {_key(g) for g in groups if g.variants == tuple(VARIANTS)}
     kept = [g for g in groups if g.variants == tuple(VARIANTS) or _key(g) not in full]
@@ -120,10 +128,14 @@ def member_of(group: Group, base_steps: int = BASE_STEPS, base_depth: int = BASE
     """The factors a group's results count for: the four-way ablation at the base budget and depth; the budget
     factor at the base depth, the depth factor at the base budget (both need the pad-rec / no-position pair); the
     sampling factor (sampled groups, and their greedy twins) at the base depth and its budgets; the gate factor
-    (groups with the ungated PAD-Rec draft) only that one."""
+    (groups with the ungated PAD-Rec draft) only that one; the target factor, greedy pair groups at the base depth
+    (groups on any target but the reference count for it alone; the report keeps the budgets run on two targets)."""
     if UNGATED in group.variants:
         return ["gate"] if group.depth == base_depth else []
     pair = set(PAIR) <= set(group.variants)
+    sized = pair and not group.temperature and group.depth == base_depth
+    if group.target != "ref":
+        return ["target"] if sized else []
     sampling = pair and group.depth == base_depth and group.steps in (SAMPLING_STEPS[0], base_steps)
     if group.temperature:
         return ["sampling"] if sampling else []
@@ -136,4 +148,6 @@ def member_of(group: Group, base_steps: int = BASE_STEPS, base_depth: int = BASE
         factors.append("depth")
     if sampling:
         factors.append("sampling")
+    if sized:
+        factors.append("target")
     return factors

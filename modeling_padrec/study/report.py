@@ -3,8 +3,9 @@
 For every factor and cell (the seeds of one setting pooled): each variant's speedup over ``ar`` (stock
 ``generate`` greedy) through the engine's chain and tree, its latency ratio against the no-position draft on the
 same requests (> 1: the variant is faster), tokens per target forward (τ), and the draft's acceptance by step
-and by item slot; every figure with a 95% interval from :mod:`.stats`. Writes ``report.md``, ``report.json`` and
-one plot per factor; the conclusion lines are read off the intervals.
+and by item slot; every figure with a 95% interval from :mod:`.stats`. The target factor's cells also carry the
+target's cost (``ar`` milliseconds per token) and its quality against MostPop, where its evaluation is published.
+Writes ``report.md``, ``report.json`` and one plot per factor; the conclusion lines are read off the intervals.
 """
 
 from __future__ import annotations
@@ -48,6 +49,26 @@ def load_results(results: Path) -> list[GroupResult]:
     return out
 
 
+def _shown(factor: str, key: list) -> list[str]:
+    """The cell fields a table row shows: the target only where it varies (the target factor)."""
+    return [str(k) for k in key] if factor == "target" else [str(key[0]), *map(str, key[2:])]
+
+
+def target_quality(results_dir: Path, dataset: str, target: str) -> dict | None:
+    """A study target's evaluation on all test users (``padrec evaluate --json``), where it is published:
+    ``results/study/targets/<dataset>-<target>/`` (``make deep-target``), or for the reference target
+    ``results/<dataset>/target/`` (``make reference-table``)."""
+    for path in (
+        results_dir / "targets" / f"{dataset}-{target}" / "eval-all.json",
+        *([results_dir.parent / dataset / "target" / "eval-all.json"] if target == "ref" else []),
+    ):
+        if path.is_file():
+            full = json.loads(path.read_text())
+            keep = ("users", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "valid_item_rate")
+            return {**{k: full[k] for k in keep}, "mostpop": full["mostpop"], "source": str(path)}
+    return None
+
+
 def _cells(results: list[GroupResult], factor: str, base: tuple[int, int]) -> dict[tuple, list[GroupResult]]:
     """A factor's groups by cell (every field but the seed): (dataset, target[, steps or train depth][, the
     decoding])."""
@@ -62,12 +83,18 @@ def _cells(results: list[GroupResult], factor: str, base: tuple[int, int]) -> di
                 "depth": (g.depth,),
                 "sampling": (g.steps, g.decoding),
                 "gate": (g.steps,),
+                "target": (g.steps,),
             }.get(factor, ())
         )
         cells.setdefault(key, []).append(r)
     if factor == "sampling":  # a greedy cell is shown beside its sampled twin, not alone
         sampled = {k[:3] for k in cells if k[3] != "greedy"}
         cells = {k: v for k, v in cells.items() if k[:3] in sampled}
+    if factor == "target":  # a budget benched on one target only says nothing about the target's size
+        targets: dict[tuple, set] = {}
+        for dataset, target, steps in cells:
+            targets.setdefault((dataset, steps), set()).add(target)
+        cells = {k: v for k, v in cells.items() if len(targets[(k[0], k[2])]) > 1}
     return dict(sorted(cells.items()))
 
 
@@ -141,6 +168,10 @@ def build_report(results_dir: Path, base_steps: int = BASE_STEPS, base_depth: in
                 v: {str(m.group.seed): ratio_of_sums(_rows([m], v, _step_cost)).to_json() for m in members}
                 for v in variants
             }
+            if factor == "target":  # how costly the target is, and whether it is any good
+                ar_cost = _rows(members, "ar", lambda rec: (rec["latency_ms"], rec["tokens"]))
+                cell["ar_ms_per_token"] = ratio_of_sums(ar_cost).to_json()
+                cell["quality"] = target_quality(results_dir, *key[:2])
             cells.append(cell)
         report["factors"][factor] = cells
     report["conclusion"] = conclusion(report)
@@ -183,6 +214,12 @@ def conclusion(report: dict) -> list[str]:
         for cell in cells:
             for variant, kinds in cell["variants"].items():
                 for kind, figures in kinds.items():
+                    e = figures.get("speedup_vs_ar")
+                    if factor == "target" and e:  # the speedup itself is this factor's measure
+                        lines.append(
+                            f"target {'/'.join(map(str, cell['cell']))}, {kind}: {variant} is {_fmt(e)} × stock "
+                            f"generate ({e['seeds']} seed(s), {e['requests']} requests)"
+                        )
                     for key, other in (
                         ("vs_no_position", "the no-position draft"),
                         ("vs_pad_rec", "pad-rec"),
@@ -210,7 +247,8 @@ def report_markdown(report: dict) -> str:
         "",
     ]
     titles = {"ablation": ("dataset",), "budget": ("dataset", "steps"), "depth": ("dataset", "train depth"),
-              "sampling": ("dataset", "steps", "decoding"), "gate": ("dataset", "steps")}  # fmt: skip
+              "sampling": ("dataset", "steps", "decoding"), "gate": ("dataset", "steps"),
+              "target": ("dataset", "target", "steps")}  # fmt: skip
     for factor, cells in report["factors"].items():
         lines += [f"## {factor}", ""]
         if not cells:
@@ -221,8 +259,7 @@ def report_markdown(report: dict) -> str:
                 "chain draft ms/step"]  # fmt: skip
         lines += ["| " + " | ".join(head + cols) + " |", "|" + "---|" * (len(head) + len(cols))]
         for cell in cells:
-            key = cell["cell"]
-            shown = [key[0], *map(str, key[2:])]
+            shown = _shown(factor, cell["cell"])
             for variant, kinds in cell["variants"].items():
                 chain, tree = kinds["chain"], kinds["tree"]
                 row = [*shown, ",".join(map(str, cell["seeds"])), variant,
@@ -231,6 +268,8 @@ def report_markdown(report: dict) -> str:
                        _fmt(chain.get("draft_ms_per_step"))]  # fmt: skip
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        if factor == "target":
+            lines += _target_table(cells)
         lines += [f"![{factor}]({factor}.png)", ""]
     lines += ["## Acceptance by draft step (chain: steps 1-5 of a round)", ""]
     for factor, cells in report["factors"].items():
@@ -256,15 +295,41 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _target_table(cells: list[dict]) -> list[str]:
+    lines = [
+        "The targets: `ar` (stock `generate`) milliseconds per generated token on the benched requests, and each "
+        "target's quality on all test users against MostPop (`padrec evaluate`; — where it is not published).",
+        "",
+        "| dataset | target | steps | seeds | ar ms/token | R@10 | N@10 | MostPop R@10 | MostPop N@10 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        q = cell.get("quality")
+        quality = (
+            [f"{q['recall@10']:.4f}", f"{q['ndcg@10']:.4f}", f"{q['mostpop']['recall@10']:.4f}",
+             f"{q['mostpop']['ndcg@10']:.4f}"] if q else ["—"] * 4
+        )  # fmt: skip
+        row = [
+            *_shown("target", cell["cell"]),
+            ",".join(map(str, cell["seeds"])),
+            _fmt(cell["ar_ms_per_token"]),
+        ]
+        lines.append("| " + " | ".join(row + quality) + " |")
+    return [*lines, ""]
+
+
 def plot_factor(report: dict, factor: str, path: Path) -> Path | None:
+    """The chain's figure per cell and variant with its interval: the latency ratio against the no-position draft,
+    or for the target factor the speedup over ``ar`` (how it grows with the target's cost)."""
     from ..plots import _figure, _save
 
     cells = report["factors"].get(factor) or []
+    metric = "speedup_vs_ar" if factor == "target" else "vs_no_position"
     points = []
     for cell in cells:
-        label = "/".join(map(str, cell["cell"][:1] + cell["cell"][2:]))
+        label = "/".join(_shown(factor, cell["cell"]))
         for variant, kinds in cell["variants"].items():
-            e = kinds["chain"].get("vs_no_position")
+            e = kinds["chain"].get(metric)
             if e:
                 points.append((f"{label}\n{variant}", e))
     if not points:
@@ -276,8 +341,12 @@ def plot_factor(report: dict, factor: str, path: Path) -> Path | None:
     ax.errorbar(xs, values, yerr=errors, fmt="o", capsize=3)
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xticks(list(xs), [p[0] for p in points], fontsize=7)
-    ax.set_ylabel("no-position latency / variant latency")
-    ax.set_title(f"{factor}: engine chain vs the no-position draft\n(95% intervals)", fontsize=9)
+    if factor == "target":
+        ax.set_ylabel("stock generate latency / engine chain latency")
+        ax.set_title("target: engine chain speedup over greedy generate\n(95% intervals)", fontsize=9)
+    else:
+        ax.set_ylabel("no-position latency / variant latency")
+        ax.set_title(f"{factor}: engine chain vs the no-position draft\n(95% intervals)", fontsize=9)
     return _save(fig, path)
 
 

@@ -20,6 +20,7 @@ from ..errors import PadrecError
 from .plan import Group, draft_settings
 
 ENGINE_DEPTH = 5  # choices per chain round, as in the reference bench
+TARGET_RECIPES = {"ref": "reference-target", "deep": "deep-target"}  # the make target that builds each target
 TREE = {
     "budget": 6,
     "width": 3,
@@ -37,15 +38,19 @@ class StudyPaths:
     results: Path = Path("results/study")
 
     def target(self, group: Group) -> Path:
-        if group.target != "ref":
-            raise PadrecError(f"group {group.name}: unknown target {group.target!r} (the study knows 'ref')")
-        return self.runs / "ref" / group.dataset / "target"
+        """``runs/<target>/<dataset>/target``: ``ref`` from ``make reference-target``, ``deep`` from ``make
+        deep-target``."""
+        if group.target not in TARGET_RECIPES:
+            raise PadrecError(
+                f"group {group.name}: unknown target {group.target!r} (the study knows {', '.join(TARGET_RECIPES)})"
+            )
+        return self.runs / group.target / group.dataset / "target"
 
     def cache(self, group: Group) -> Path:
         """The target's lists and features the drafts are distilled from; the training seed also picks the
         training users, so each seed has its own (seed 0's is the reference drafts' cache)."""
         name = "distill-cache" if group.seed == 0 else f"distill-cache-seed{group.seed}"
-        return self.runs / "ref" / group.dataset / name
+        return self.runs / group.target / group.dataset / name
 
     def draft(self, group: Group, variant: str) -> Path:
         return self.runs / "study" / group.dataset / group.target / group.draft_name(variant)
@@ -72,7 +77,8 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
 
     target = paths.target(group)
     if not (target / "padrec_target.json").is_file():
-        raise PadrecError(f"{target}: no target; build it first (make reference-target DATA={group.dataset})")
+        recipe = TARGET_RECIPES[group.target]
+        raise PadrecError(f"{target}: no target; build it first (make {recipe} DATA={group.dataset})")
     records = {}
     for variant in group.variants:
         out = paths.draft(group, variant)
