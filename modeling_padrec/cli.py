@@ -484,7 +484,7 @@ def cmd_export(args) -> int:
         raise PadrecError("export: --out is required (or use --dry-run)")
     out = None if args.dry_run else args.out  # a dry run renders into a temp folder, shown, then removed
     plan, root = export(args.draft, args.target, args.repo_id, out, args.bench, args.target_repo_id,
-                        args.base_repo_id, args.license, args.data)  # fmt: skip
+                        args.base_repo_id, args.license, args.data, args.study)  # fmt: skip
     if args.dry_run:
         try:
             print("dry run: nothing written, nothing uploaded\n" + describe(plan, root))
@@ -780,6 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="folder to write (one sub-folder per repo)")
     e.add_argument("--bench", help="padrec bench report.json whose figures go into the draft's card")
     e.add_argument("--data", help="dataset folder for the cards' example prompt (default: the target's)")
+    e.add_argument(
+        "--study", help="padrec study report.json cited in the draft's card (which draft to train)"
+    )
     e.add_argument("--license", default="apache-2.0")
     e.add_argument(
         "--push", action="store_true", help="upload with huggingface_hub (token: HF_TOKEN / login)"

@@ -216,9 +216,11 @@ def export(
     base_repo_id: str | None = None,
     license: str = "apache-2.0",
     data: str | None = None,
+    study: str | Path | None = None,
 ) -> tuple[ExportPlan, Path]:
     """Render the repositories into ``out`` (staged, then moved into place; ``out=None``: a temp folder the
-    caller removes). Returns the plan and the folder."""
+    caller removes). ``study``: the position-signal study's ``report.json``, cited in the draft's card. Returns
+    the plan and the folder."""
     from .draft import load_draft
     from .target import load_target
 
@@ -277,13 +279,14 @@ def export(
     snippet = usage_snippet(repo_id, target_repo_id, example_prompt(target, data))
     evaluation = evaluation_markdown(report, method, str(bench) if bench else None)
     dataset = target.meta.dataset
+    study_text = _study_section(study, dataset, config)
     common = dict(license=license, library_name="transformers", tags=TAGS, datasets=[dataset])
 
     catalog = _catalog(target, data)
 
     def write(root: Path) -> None:
         _write_draft(root / "draft", draft_dir, config, draft_meta, common, repo_id, target_repo_id, snippet,
-                     evaluation, dataset, levels, depth)  # fmt: skip
+                     evaluation, dataset, levels, depth, study_text)  # fmt: skip
         _write_engine(root / "draft", catalog)
         _write_target(root / "target", target, common, base_ref, repos, snippet, dataset)
         if preset:
@@ -355,8 +358,24 @@ def _parameters(path: Path) -> str:
     return f"{n / 1e6:.2f}M"
 
 
+def _study_section(study, dataset: str, config) -> str:
+    from .study.report import card_section, variant_of
+
+    if study is None:
+        return "Not cited: exported without the position-signal study's report (`padrec export --study`)."
+    try:
+        report = json.loads(Path(study).read_text())
+        report["factors"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ExportError(f"--study {study}: cannot read a study report ({type(e).__name__}: {e})") from None
+    variant = variant_of(config.use_item_position, config.use_step_position, config.step_gate)
+    return card_section(
+        report, dataset, variant, Path(study).name if Path(study).is_absolute() else str(study)
+    )
+
+
 def _write_draft(folder, draft_dir, config, meta, common, repo_id, target_repo_id, snippet, evaluation, dataset,
-                 levels, depth=None):  # fmt: skip
+                 levels, depth=None, study=""):  # fmt: skip
     """``depth``: the draft length the bench measured; it becomes the repo's default so that the card's
     figures are what ``generate`` does out of the box."""
     folder.mkdir(parents=True)
@@ -404,6 +423,7 @@ def _write_draft(folder, draft_dir, config, meta, common, repo_id, target_repo_i
         dataset=dataset,
         training_rows=_rows(training),
         evaluation=evaluation,
+        study=study,
     )
     card.save(folder / "README.md")
 

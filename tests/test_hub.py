@@ -149,6 +149,35 @@ def test_without_a_report_the_card_says_not_benchmarked(tmp_path, tiny_target, d
     assert "×" not in evaluation and not re.search(r"\d\.\d", evaluation)
 
 
+def test_the_draft_card_cites_the_study(tmp_path, tiny_target, draft_dir):
+    """The card's "which draft to train" section copies the study's cell on the draft's dataset: the published
+    Instruments report, its cells relabelled as the synthetic dataset the tiny target was trained on."""
+    report = json.loads((Path(__file__).parent.parent / "results" / "study" / "report.json").read_text())
+    for cells in report["factors"].values():
+        for cell in cells:
+            cell["cell"][0] = "synthetic" if cell["cell"][0] == "Instruments" else cell["cell"][0]
+    study = tmp_path / "report.json"
+    study.write_text(json.dumps(report))
+    _, root = export(draft_dir, tiny_target, REPO, tmp_path / "out", study=study)
+    text = (root / "draft" / "README.md").read_text()
+    section = text.split("## Which draft to train", 1)[1].split("## Evaluation", 1)[0]
+    (ablation,) = [c for c in report["factors"]["ablation"] if c["cell"][0] == "synthetic"]
+    assert "This draft is **pad-rec**" in section and "ablation cell synthetic" in section
+    for variant, kinds in ablation["variants"].items():
+        speedup = kinds["chain"]["speedup_vs_ar"]
+        assert (
+            f"| {variant} | {speedup['value']:.3f} [{speedup['low']:.3f}, {speedup['high']:.3f}] |" in section
+        )
+    assert "Fastest in this cell: **" in section
+    _, root = export(draft_dir, tiny_target, REPO, tmp_path / "plain")
+    plain = (root / "draft" / "README.md").read_text().split("## Which draft to train", 1)[1]
+    assert plain.split("## Evaluation", 1)[0].strip().startswith("Not cited")
+    report["factors"] = {f: [] for f in report["factors"]}
+    study.write_text(json.dumps(report))
+    _, root = export(draft_dir, tiny_target, REPO, tmp_path / "empty", study=study)
+    assert "has no cell on `synthetic` yet" in (root / "draft" / "README.md").read_text()
+
+
 def test_bad_inputs_are_one_line_and_leave_out_untouched(
     tmp_path, tiny_target, draft_dir, report_path, capsys
 ):
@@ -170,6 +199,7 @@ def test_bad_inputs_are_one_line_and_leave_out_untouched(
         (["--repo-id", REPO], "is not an earlier output of this command"),
         (["--repo-id", REPO, "--bench", str(other)], "has no method for the draft"),
         (["--repo-id", REPO, "--bench", str(tmp_path / "missing.json")], "cannot read a bench report"),
+        (["--repo-id", REPO, "--study", str(other)], "cannot read a study report"),
     ]
     for extra, message in cases:
         code = main(

@@ -350,6 +350,59 @@ def plot_factor(report: dict, factor: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def variant_of(use_item_position: bool, use_step_position: bool, step_gate: str = "context") -> str:
+    """The study's name for a draft's configuration."""
+    if use_item_position and use_step_position and step_gate == "none":
+        return UNGATED
+    return next(v for v, signals in VARIANTS.items() if signals == (use_item_position, use_step_position))
+
+
+def card_section(report: dict, dataset: str, variant: str, source: str) -> str:
+    """A draft card's "which draft to train" section for ``dataset``, read off the study's report: the study cell
+    that compares the most variants on this dataset (the ablation's, else the largest budget's), each variant's
+    speedup over ``generate`` and its ratio against the no-position draft, with their intervals, and the variant
+    this draft is."""
+    cells = [(f, c) for f in ("ablation", "budget", "gate") for c in report["factors"].get(f, [])]
+    cells = [(f, c) for f, c in cells if c["cell"][0] == dataset and c["cell"][1] == "ref"]
+    if not cells:
+        return f"The position-signal study (`{source}`) has no cell on `{dataset}` yet; it does not say which draft to train here."
+    factor, cell = max(  # the most variants; the ablation's own cell; then the largest budget, the most seeds
+        cells,
+        key=lambda fc: (len(fc[1]["variants"]), fc[0] == "ablation", fc[1]["cell"][2:], len(fc[1]["seeds"])),
+    )
+    where = "/".join(map(str, cell["cell"][:1] + cell["cell"][2:]))
+    lines = [
+        f"From the position-signal study (`{source}`, `padrec study report`), its {factor} cell {where} "
+        f"(seeds {', '.join(map(str, cell['seeds']))}; 95% intervals over seeds and users; engine chain on the "
+        "development CPU). This draft is **" + variant + "**.",
+        "",
+        "| variant | × generate | vs no-position (> 1: faster) |",
+        "|---|---|---|",
+    ]
+    best = None
+    for name, kinds in cell["variants"].items():
+        chain = kinds["chain"]
+        lines.append(f"| {name} | {_fmt(chain.get('speedup_vs_ar'))} | {_fmt(chain.get('vs_no_position'))} |")
+        speed = chain.get("speedup_vs_ar")
+        if speed and (best is None or speed["value"] > best[1]["value"]):
+            best = (name, speed)
+    if best:
+        ties = [
+            name for name, kinds in cell["variants"].items()
+            if name != best[0] and (kinds["chain"].get("speedup_vs_ar") or {}).get("high", 0) >= best[1]["low"]
+        ]  # fmt: skip
+        lines += [
+            "",
+            f"Fastest in this cell: **{best[0]}**"
+            + (
+                f"; its interval overlaps {', '.join(ties)}'s, so the cell does not separate them."
+                if ties
+                else "."
+            ),
+        ]
+    return "\n".join(lines)
+
+
 README_START, README_END = "<!-- study:start -->", "<!-- study:end -->"
 
 
