@@ -148,6 +148,11 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     per_step = sum(r["draft_ms"] for r in chain_rows) / sum(r["draft_steps"] for r in chain_rows)
     assert chain["draft_ms_per_step"]["value"] == pytest.approx(per_step, rel=1e-3)
     assert cell["draft_ms_per_step_by_seed"]["pad-rec"]["0"]["value"] == pytest.approx(per_step, rel=1e-3)
+    for k, alpha in enumerate(chain["alpha_by_slot"]):  # acceptance by item slot, pooled over the requests
+        reached, accepted = (sum(r["by_slot"][k][i] for r in chain_rows) for i in (0, 1))
+        assert (alpha is None) == (reached == 0) and (
+            not reached or alpha["value"] == pytest.approx(accepted / reached)
+        )
     assert "vs_no_position" in chain and "vs_no_position" not in cell["variants"]["no-position"]["chain"]
     assert report["factors"]["ablation"] == []  # a group of two is not the four-way ablation
     assert len(load_results(paths.results)) == 1

@@ -146,7 +146,17 @@ def variant_figures(results: list[GroupResult], variant: str, kind: str) -> dict
         (len(rec["by_step"]) for r in results for rec in r.requests.get(method, {}).values()), default=0
     )
     figures["alpha_by_step"] = [_alpha(results, method, "by_step", k) for k in range(steps)]
+    slots = max(
+        (len(rec["by_slot"]) for r in results for rec in r.requests.get(method, {}).values()), default=0
+    )
+    figures["alpha_by_slot"] = [_alpha(results, method, "by_slot", k) for k in range(slots)]
     return figures
+
+
+def slot_label(slot: int, slots: int) -> str:
+    """``by_slot``'s slots: the code levels, the separator, anything else (``TokenMap.slot_table``)."""
+    levels = slots - 2
+    return f"code {slot + 1}" if slot < levels else ("sep" if slot == levels else "other")
 
 
 def build_report(results_dir: Path, base_steps: int = BASE_STEPS, base_depth: int = BASE_DEPTH) -> dict:
@@ -278,6 +288,20 @@ def report_markdown(report: dict) -> str:
                 alphas = kinds["chain"].get("alpha_by_step", [])
                 where = "/".join(map(str, cell["cell"]))
                 lines.append(f"- {factor} {where} {variant}: " + ", ".join(_fmt(a) for a in alphas[:5]))
+    lines += [
+        "",
+        "## Acceptance by item slot (chain: the draft's choices by the code level they fill; unreached slots left out)",
+        "",
+    ]
+    for factor, cells in report["factors"].items():
+        for cell in cells:
+            for variant, kinds in cell["variants"].items():
+                alphas = kinds["chain"].get("alpha_by_slot", [])
+                shown = [f"{slot_label(k, len(alphas))} {_fmt(a)}" for k, a in enumerate(alphas) if a]
+                if shown:
+                    lines.append(
+                        f"- {factor} {'/'.join(map(str, cell['cell']))} {variant}: " + ", ".join(shown)
+                    )
     lines += [
         "",
         "## The draft's time per step, seed by seed (chain; the variants of a seed ran side by side)",
