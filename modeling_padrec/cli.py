@@ -874,12 +874,20 @@ def _int_list(value: str, flag: str, minimum: int = 1) -> list[int]:
 
 
 def cmd_study_plan(args) -> int:
-    from .study.run import is_done
+    from .study.run import estimate_cpu, is_done
 
     groups, paths = _study_plan(args)
     for g in groups:
         print(f"{'done' if is_done(g, paths) else 'todo'}  {g.name}")
     print(f"{sum(is_done(g, paths) for g in groups)} of {len(groups)} groups done", file=sys.stderr)
+    cost = estimate_cpu(groups, paths)
+    if cost and cost["groups"]:
+        print(
+            f"the {cost['groups']} todo group(s): about {cost['train_s'] / 3600:.1f} h of draft training and "
+            f"{cost['bench_s'] / 3600:.1f} h of benching on one core, at the rates the done groups measured here "
+            "(distillation caches and targets not counted)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -26,7 +26,14 @@ from modeling_padrec.study.plan import (
     plan,
 )
 from modeling_padrec.study.report import load_results, report_markdown, write_report
-from modeling_padrec.study.run import TARGET_RECIPES, RunSettings, StudyPaths, is_done, run_groups
+from modeling_padrec.study.run import (
+    TARGET_RECIPES,
+    RunSettings,
+    StudyPaths,
+    estimate_cpu,
+    is_done,
+    run_groups,
+)
 from modeling_padrec.study.stats import geometric_mean, ratio_of_sums
 
 
@@ -123,6 +130,14 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
         if r["method"] in PAIR:  # a chain drafts: its steps were reached and some accepted or not
             assert r["by_step"] and all(0 <= a <= n for n, a in r["by_step"])
             assert sum(n for n, _ in r["by_step"]) == sum(n for n, _ in r["by_slot"])
+    # the CPU a group not run yet would take, at the done group's rates (another depth scaled in proportion)
+    todo = Group(synthetic_dir.name, seed=1, steps=12, depth=6, variants=PAIR)
+    cost = estimate_cpu([group, todo], paths)
+    per_step = sorted(d["train_seconds"] / d["steps"] for d in summary["drafts"].values())[1]
+    per_request = summary["bench"]["wall_s"] / (len(summary["bench"]["methods"]) * 4)
+    assert cost["groups"] == 1 and cost["train_s"] == pytest.approx(2 * 12 * per_step * 6 / 3, abs=1)
+    assert cost["bench_s"] == pytest.approx(per_request * len(methods) * RunSettings.users, abs=1)
+    assert estimate_cpu([todo], paths) is None  # nothing measured yet
     # resuming: a done group is not run again; its drafts are not retrained
     stamp = (paths.draft(group, "pad-rec") / "model.safetensors").stat().st_mtime_ns
     assert is_done(group, paths) and run_groups([group], paths, settings) == []

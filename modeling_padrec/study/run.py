@@ -168,5 +168,45 @@ def run_groups(
     return ran
 
 
+def estimate_cpu(groups: list[Group], paths: StudyPaths) -> dict | None:
+    """The CPU time the groups not done yet would take, at the rates the done groups measured on this machine:
+    training seconds per step (by unrolled depth; another depth is scaled in proportion, the unrolled steps being
+    most of a step's work) and benching seconds per method and user. Drafts that already have a model, or that
+    an earlier group in the list trains, are not counted; distillation caches are not counted. None when no
+    group is done."""
+    per_step: dict[int, list[float]] = {}
+    bench_rates = []
+    for group in groups:
+        summary_path = paths.group_dir(group) / "group.json"
+        if not summary_path.is_file():
+            continue
+        summary = json.loads(summary_path.read_text())
+        for record in summary["drafts"].values():
+            if record.get("train_seconds") and record.get("steps"):
+                per_step.setdefault(group.depth, []).append(record["train_seconds"] / record["steps"])
+        bench = summary["bench"]
+        bench_rates.append(bench["wall_s"] / (len(bench["methods"]) * bench["users"]))
+    if not per_step or not bench_rates:
+        return None
+    rate = {d: sorted(v)[len(v) // 2] for d, v in per_step.items()}
+
+    def step_seconds(depth: int) -> float:
+        known = min(rate, key=lambda d: abs(d - depth))
+        return rate[known] * depth / known
+
+    seen: set[Path] = set()
+    train_s = bench_s = 0.0
+    todo = [g for g in groups if not is_done(g, paths)]
+    for group in todo:
+        for variant in group.variants:
+            out = paths.draft(group, variant)
+            if out not in seen and not (out / "model.safetensors").is_file():
+                train_s += group.steps * step_seconds(group.depth)
+            seen.add(out)
+        methods = 2 + 2 * len(group.variants)  # ar, ar-jf, and each draft as a chain and as a tree
+        bench_s += sorted(bench_rates)[len(bench_rates) // 2] * methods * RunSettings.users
+    return {"groups": len(todo), "train_s": round(train_s), "bench_s": round(bench_s)}
+
+
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
