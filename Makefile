@@ -53,7 +53,7 @@ DEEP = runs/deep/$(DATA)
 .PHONY: deep-target
 deep-target: install $(DEEP)/target/padrec_target.json
 	mkdir -p results/study/targets/$(DATA)-deep
-	cp $(DEEP)/eval-500.json $(DEEP)/eval-all.json results/study/targets/$(DATA)-deep/
+	cp $(wildcard $(DEEP)/eval-500.json $(DEEP)/eval-all.json) results/study/targets/$(DATA)-deep/
 $(DEEP)/target/padrec_target.json:
 	$(call train-target,$(DEEP),qwen2-deep)
 

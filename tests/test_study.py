@@ -220,7 +220,16 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     assert cells["ref"]["quality"] is None  # not published for this dataset
     quality = json.loads(published.read_text())
     assert cells["deep"]["quality"]["recall@10"] == quality["recall@10"]
-    assert cells["deep"]["quality"]["mostpop"] == quality["mostpop"]
+    assert (
+        cells["deep"]["quality"]["mostpop"] == quality["mostpop"] and cells["deep"]["quality"]["users"] == 4
+    )
+    published.rename(
+        published.with_name("eval-500.json")
+    )  # only the first users evaluated: still cited, as such
+    fallback = write_report(paths.results, base_steps=6, base_depth=3)["factors"]["target"]
+    assert [c["quality"]["source"].endswith("eval-500.json") for c in fallback if c["cell"][1] == "deep"] == [
+        True
+    ]
     deep_rows = [json.loads(x) for x in (paths.group_dir(deep) / "requests.jsonl").read_text().splitlines()]
     ar_rows = [r for r in deep_rows if r["method"] == "ar"]
     per_token = sum(r["latency_ms"] for r in ar_rows) / sum(r["tokens"] for r in ar_rows)

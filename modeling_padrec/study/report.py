@@ -55,13 +55,14 @@ def _shown(factor: str, key: list) -> list[str]:
 
 
 def target_quality(results_dir: Path, dataset: str, target: str) -> dict | None:
-    """A study target's evaluation on all test users (``padrec evaluate --json``), where it is published:
-    ``results/study/targets/<dataset>-<target>/`` (``make deep-target``), or for the reference target
-    ``results/<dataset>/target/`` (``make reference-table``)."""
-    for path in (
-        results_dir / "targets" / f"{dataset}-{target}" / "eval-all.json",
-        *([results_dir.parent / dataset / "target" / "eval-all.json"] if target == "ref" else []),
-    ):
+    """A study target's evaluation (``padrec evaluate --json``) where it is published: in
+    ``results/study/targets/<dataset>-<target>/`` (``make deep-target``), or for the reference target in
+    ``results/<dataset>/target/`` (``make reference-table``); all test users (``eval-all.json``), else the first
+    500 (``eval-500.json``)."""
+    folders = [results_dir / "targets" / f"{dataset}-{target}"]
+    if target == "ref":
+        folders.append(results_dir.parent / dataset / "target")
+    for path in (folder / name for name in ("eval-all.json", "eval-500.json") for folder in folders):
         if path.is_file():
             full = json.loads(path.read_text())
             keep = ("users", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "valid_item_rate")
@@ -322,16 +323,17 @@ def report_markdown(report: dict) -> str:
 def _target_table(cells: list[dict]) -> list[str]:
     lines = [
         "The targets: `ar` (stock `generate`) milliseconds per generated token on the benched requests, and each "
-        "target's quality on all test users against MostPop (`padrec evaluate`; — where it is not published).",
+        "target's quality against MostPop on the same test users (`padrec evaluate`: all test users, or the first "
+        "500 where only that is published; — where neither is).",
         "",
-        "| dataset | target | steps | seeds | ar ms/token | R@10 | N@10 | MostPop R@10 | MostPop N@10 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | target | steps | seeds | ar ms/token | test users | R@10 | N@10 | MostPop R@10 | MostPop N@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in cells:
         q = cell.get("quality")
         quality = (
-            [f"{q['recall@10']:.4f}", f"{q['ndcg@10']:.4f}", f"{q['mostpop']['recall@10']:.4f}",
-             f"{q['mostpop']['ndcg@10']:.4f}"] if q else ["—"] * 4
+            [str(q["users"]), f"{q['recall@10']:.4f}", f"{q['ndcg@10']:.4f}", f"{q['mostpop']['recall@10']:.4f}",
+             f"{q['mostpop']['ndcg@10']:.4f}"] if q else ["—"] * 5
         )  # fmt: skip
         row = [
             *_shown("target", cell["cell"]),
