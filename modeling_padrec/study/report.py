@@ -244,6 +244,14 @@ def conclusion(report: dict) -> list[str]:
     return lines
 
 
+def _chains(report: dict):
+    """(``factor cell``, variant, chain figures) for every cell and variant of the report."""
+    for factor, cells in report["factors"].items():
+        for cell in cells:
+            for variant, kinds in cell["variants"].items():
+                yield f"{factor} {'/'.join(map(str, cell['cell']))}", variant, kinds["chain"]
+
+
 def report_markdown(report: dict) -> str:
     cpu = report["cpu"]
     lines = [
@@ -283,26 +291,20 @@ def report_markdown(report: dict) -> str:
             lines += _target_table(cells)
         lines += [f"![{factor}]({factor}.png)", ""]
     lines += ["## Acceptance by draft step (chain: steps 1-5 of a round)", ""]
-    for factor, cells in report["factors"].items():
-        for cell in cells:
-            for variant, kinds in cell["variants"].items():
-                alphas = kinds["chain"].get("alpha_by_step", [])
-                where = "/".join(map(str, cell["cell"]))
-                lines.append(f"- {factor} {where} {variant}: " + ", ".join(_fmt(a) for a in alphas[:5]))
+    for where, variant, chain in _chains(report):
+        lines.append(
+            f"- {where} {variant}: " + ", ".join(_fmt(a) for a in chain.get("alpha_by_step", [])[:5])
+        )
     lines += [
         "",
         "## Acceptance by item slot (chain: the draft's choices by the code level they fill; unreached slots left out)",
         "",
     ]
-    for factor, cells in report["factors"].items():
-        for cell in cells:
-            for variant, kinds in cell["variants"].items():
-                alphas = kinds["chain"].get("alpha_by_slot", [])
-                shown = [f"{slot_label(k, len(alphas))} {_fmt(a)}" for k, a in enumerate(alphas) if a]
-                if shown:
-                    lines.append(
-                        f"- {factor} {'/'.join(map(str, cell['cell']))} {variant}: " + ", ".join(shown)
-                    )
+    for where, variant, chain in _chains(report):
+        alphas = chain.get("alpha_by_slot", [])
+        shown = [f"{slot_label(k, len(alphas))} {_fmt(a)}" for k, a in enumerate(alphas) if a]
+        if shown:
+            lines.append(f"- {where} {variant}: " + ", ".join(shown))
     lines += [
         "",
         "## The draft's time per step, seed by seed (chain; the variants of a seed ran side by side)",
