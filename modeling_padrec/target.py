@@ -43,15 +43,9 @@ PRESETS: dict[str, dict] = {
         num_attention_heads=4,
         num_key_value_heads=2,
     ),
-    # qwen2-small's width at twice its depth: the study's deeper target (a costlier target per draft step).
-    "qwen2-deep": dict(
-        hidden_size=256,
-        intermediate_size=704,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    ),
 }
+# qwen2-small's width at twice its depth: the study's deeper target (a costlier target per draft step).
+PRESETS["qwen2-deep"] = {**PRESETS["qwen2-small"], "num_hidden_layers": 8}
 
 
 @dataclass

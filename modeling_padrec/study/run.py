@@ -11,6 +11,7 @@ from its last checkpoint. So ``padrec study run`` can be stopped at any time and
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -188,7 +189,7 @@ def estimate_cpu(groups: list[Group], paths: StudyPaths) -> dict | None:
         bench_rates.append(bench["wall_s"] / (len(bench["methods"]) * bench["users"]))
     if not per_step or not bench_rates:
         return None
-    rate = {d: sorted(v)[len(v) // 2] for d, v in per_step.items()}
+    rate = {d: statistics.median_high(v) for d, v in per_step.items()}
 
     def step_seconds(depth: int) -> float:
         known = min(rate, key=lambda d: abs(d - depth))
@@ -204,7 +205,7 @@ def estimate_cpu(groups: list[Group], paths: StudyPaths) -> dict | None:
                 train_s += group.steps * step_seconds(group.depth)
             seen.add(out)
         methods = 2 + 2 * len(group.variants)  # ar, ar-jf, and each draft as a chain and as a tree
-        bench_s += sorted(bench_rates)[len(bench_rates) // 2] * methods * RunSettings.users
+        bench_s += statistics.median_high(bench_rates) * methods * RunSettings.users
     return {"groups": len(todo), "train_s": round(train_s), "bench_s": round(bench_s)}
 
 
