@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+import scipy.stats
 from test_cli import assert_clean_error, padrec
 
 from modeling_padrec.errors import PadrecError
@@ -25,7 +26,16 @@ from modeling_padrec.study.plan import (
     member_of,
     plan,
 )
-from modeling_padrec.study.report import load_results, report_markdown, write_report
+from modeling_padrec.study.report import (
+    GroupResult,
+    held_out_seeds,
+    held_out_tally,
+    load_results,
+    new_seed_figures,
+    report_markdown,
+    seed_spreads,
+    write_report,
+)
 from modeling_padrec.study.run import (
     TARGET_RECIPES,
     RunSettings,
@@ -34,7 +44,7 @@ from modeling_padrec.study.run import (
     is_done,
     run_groups,
 )
-from modeling_padrec.study.stats import geometric_mean, ratio_of_sums
+from modeling_padrec.study.stats import geometric_mean, new_seed_interval, ratio_of_sums, t_quantile
 
 
 def test_plan_trains_every_draft_once_and_covers_every_factor():
@@ -103,6 +113,84 @@ def test_intervals():
     assert one_seed.seeds == 1 and one_seed.low < one_seed.high
     tau = ratio_of_sums([np.array([[10, 2], [20, 3]]), np.array([[6, 1]])])
     assert tau.value == pytest.approx(36 / 6)
+
+
+def test_new_seed_interval():
+    for df in (1, 2, 5, 14, 60):
+        assert t_quantile(0.975, df) == pytest.approx(scipy.stats.t.ppf(0.975, df), rel=1e-6)
+    e = new_seed_interval([0.0, 0.2], (0.08, 4))  # s² = 0.02, two seeds
+    half = scipy.stats.t.ppf(0.975, 4) * np.sqrt(0.02 * 1.5)
+    assert (e["value"], e["seeds"], e["df"]) == (pytest.approx(np.exp(0.1), abs=1e-4), 2, 4)
+    assert (e["low"], e["high"]) == (
+        pytest.approx(np.exp(0.1 - half), abs=1e-4),
+        pytest.approx(np.exp(0.1 + half), abs=1e-4),
+    )
+    assert new_seed_interval([0.1], (0.0, 0)) is None  # no spread measured anywhere: no interval
+
+
+def _fake_group(seed: int, speedups: dict[str, np.ndarray]) -> GroupResult:
+    """A benched pair whose methods' latencies are ``ar``'s over the given speedups, request by request."""
+    ar = 100 + 10 * np.arange(len(next(iter(speedups.values()))))
+    requests = {"ar": {u: {"latency_ms": float(x)} for u, x in enumerate(ar)}}
+    for method, speedup in speedups.items():
+        requests[method] = {u: {"latency_ms": float(x)} for u, x in enumerate(ar / speedup)}
+    return GroupResult(Group("D", seed=seed, steps=6, depth=3, variants=PAIR), {}, requests)
+
+
+def test_leave_one_seed_out():
+    rng = np.random.default_rng(3)
+    noise = lambda: np.exp(rng.normal(0, 0.01, 60))  # noqa: E731
+    members = [_fake_group(s, {"pad-rec": 2.0 * noise(), "no-position": 2.1 * noise()}) for s in (0, 1)]
+    members.append(
+        _fake_group(2, {"pad-rec": 2.6 * noise(), "no-position": 2.1 * noise()})
+    )  # an outlier seed
+    other = [
+        _fake_group(s, {"pad-rec": (2.0 + s / 100) * noise(), "no-position": 2.1 * noise()})
+        for s in (0, 1, 2)
+    ]
+    for g in other:  # another cell: its own groups
+        g.group = Group("E", seed=g.group.seed, steps=6, depth=3, variants=PAIR)
+    spreads = seed_spreads([members, other, members])  # a cell shown under two factors counts once
+    assert {k: len(v) for k, v in spreads.items()} == {  # per cell and variant, the two cells' only
+        ("greedy", "chain", "speedup_vs_ar"): 4,
+        ("greedy", "chain", "vs_no_position"): 2,
+    }
+    entries = held_out_seeds(members, spreads)
+    assert sorted((e["seed"], e["variant"], e["metric"]) for e in entries) == sorted(
+        [(s, "pad-rec", m) for s in (0, 1, 2) for m in ("speedup_vs_ar", "vs_no_position")]
+        + [(s, "no-position", "speedup_vs_ar") for s in (0, 1, 2)]
+    )
+    for e in entries:
+        g = members[e["seed"]]
+        base = "ar" if e["metric"] == "speedup_vs_ar" else "no-position"
+        ratios = [
+            g.requests[base][u]["latency_ms"] / g.requests[e["variant"]][u]["latency_ms"] for u in range(60)
+        ]
+        assert e["value"] == pytest.approx(float(np.exp(np.mean(np.log(ratios)))), abs=1e-4)
+        rest = [m for m in members if m is not g]
+        others = geometric_mean(
+            [
+                np.array(
+                    [
+                        m.requests[base][u]["latency_ms"] / m.requests[e["variant"]][u]["latency_ms"]
+                        for u in range(60)
+                    ]
+                )
+                for m in rest
+            ]
+        )
+        assert (e["others"]["low"], e["others"]["high"]) == (others.low, others.high)
+        assert e["inside"] == (others.low <= e["value"] <= others.high)
+        assert e["inside_new_seed"] == (e["new_seed"]["low"] <= e["value"] <= e["new_seed"]["high"])
+        assert e["new_seed"]["low"] <= e["others"]["low"] and e["new_seed"]["high"] >= e["others"]["high"]
+    outlier = [e for e in entries if e["seed"] == 2 and e["variant"] == "pad-rec"]
+    assert outlier and not any(e["inside"] or e["inside_new_seed"] for e in outlier)
+    figures = new_seed_figures(members, spreads)
+    assert (
+        set(figures) == {"pad-rec", "no-position"} and "vs_no_position" not in figures["no-position"]["chain"]
+    )
+    tally = held_out_tally({"factors": {"a": [{"held_out": entries}], "b": [{"held_out": entries}]}})
+    assert tally["others"]["vs_no_position"][1] == 3 and tally["new_seed"]["vs_no_position"][0] <= 2
 
 
 @pytest.mark.slow

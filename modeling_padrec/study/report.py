@@ -11,13 +11,14 @@ Writes ``report.md``, ``report.json`` and one plot per factor; the conclusion li
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .plan import BASE_DEPTH, BASE_STEPS, FACTORS, UNGATED, VARIANTS, Group, member_of
-from .stats import Estimate, geometric_mean, ratio_of_sums
+from .stats import Estimate, geometric_mean, new_seed_interval, ratio_of_sums, squares
 
 NONE = "no-position"
 KINDS = {"chain": "", "tree": "tree:"}  # kind -> method-name prefix
@@ -154,6 +155,120 @@ def variant_figures(results: list[GroupResult], variant: str, kind: str) -> dict
     return figures
 
 
+HELD_OUT = ("speedup_vs_ar", "vs_no_position")  # the figures a new seed is checked on
+
+
+def _variants(members: list[GroupResult]) -> list[str]:
+    """The variants every group of a cell benched."""
+    return [v for v in (*VARIANTS, UNGATED) if all(v in m.group.variants for m in members)]
+
+
+def _seed_figures(members: list[GroupResult]):
+    """(variant, kind, metric, base method, method) for every ``HELD_OUT`` figure each seed of a cell measured:
+    the geometric mean of ``base``'s latency over ``method``'s."""
+    for variant in _variants(members):
+        for kind, prefix in KINDS.items():
+            method = prefix + variant
+            for metric, base in zip(HELD_OUT, ("ar", prefix + NONE), strict=True):
+                if base != method and all(base in r.requests and method in r.requests for r in members):
+                    yield variant, kind, metric, base, method
+
+
+def _seed_logs(members: list[GroupResult], base: str, method: str) -> list[float]:
+    """Each seed's figure alone, as the log of its geometric mean."""
+    return [float(np.mean(np.log(x))) for x in _paired(members, base, method)]
+
+
+def seed_spreads(cells: list[list[GroupResult]]) -> dict[tuple[str, str, str], dict[tuple, list[float]]]:
+    """Per (decoding, kind, metric): every distinct (cell's groups, variant) with its seeds' figures (log scale). A group
+    set shown under several factors (the 150-step pair is the budget's, the sampling's greedy twin and the
+    target's reference) counts once. Greedy and sampled decoding are pooled apart: sampling adds its own
+    scatter."""
+    spreads: dict[tuple[str, str, str], dict[tuple, list[float]]] = {}
+    for members in cells:
+        names = tuple(sorted(m.group.name for m in members))
+        for variant, kind, metric, base, method in _seed_figures(members):
+            key = (members[0].group.decoding, kind, metric)
+            spreads.setdefault(key, {})[(names, variant)] = _seed_logs(members, base, method)
+    return spreads
+
+
+def _pooled(spread: dict[tuple, list[float]], replace: tuple | None = None, logs: list[float] = ()) -> tuple:
+    """The pooled between-seed (sum of squares, degrees of freedom), with ``replace``'s seeds swapped for
+    ``logs``."""
+    parts = [squares(v) for k, v in spread.items() if k != replace and len(v) > 1]
+    if replace is not None and len(logs) > 1:
+        parts.append(squares(list(logs)))
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def new_seed_figures(members: list[GroupResult], spreads: dict) -> dict:
+    """variant -> kind -> metric -> where a new seed of this cell should fall (:func:`.stats.new_seed_interval`)."""
+    out: dict = {}
+    for variant, kind, metric, base, method in _seed_figures(members):
+        pooled = _pooled(spreads[(members[0].group.decoding, kind, metric)])
+        interval = new_seed_interval(_seed_logs(members, base, method), pooled)
+        out.setdefault(variant, {}).setdefault(kind, {})[metric] = interval
+    return out
+
+
+def held_out_seeds(members: list[GroupResult], spreads: dict) -> list[dict]:
+    """Leave one seed out: every seed of the cell alone against what the cell's other seeds give: the 95% interval
+    of their mean (``others``) and where a new seed should fall (``new_seed``, with the pooled spread recomputed
+    without the held-out seed). What a rerun with a new seed is checked on, asked of the seeds already run."""
+    if len(members) < 2:
+        return []
+    names = tuple(sorted(m.group.name for m in members))
+    out = []
+    for variant, kind, metric, base, method in _seed_figures(members):
+        logs = _seed_logs(members, base, method)
+        for i, m in enumerate(members):
+            rest = [r for r in members if r is not m]
+            others_logs = logs[:i] + logs[i + 1 :]
+            value = round(math.exp(logs[i]), 4)
+            others = geometric_mean(_paired(rest, base, method))
+            spread = spreads[(members[0].group.decoding, kind, metric)]
+            pooled = _pooled(spread, replace=(names, variant), logs=others_logs)
+            new_seed = new_seed_interval(others_logs, pooled)
+            out.append({"group": m.group.name, "seed": m.group.seed, "variant": variant, "kind": kind,
+                        "metric": metric, "value": value, "others": others.to_json(),
+                        "inside": not others.excludes(value), "new_seed": new_seed,
+                        "inside_new_seed": bool(new_seed) and new_seed["low"] <= value <= new_seed["high"]})  # fmt: skip
+    return out
+
+
+def held_out_tally(report: dict) -> dict[str, dict[str, list[int]]]:
+    """Per interval (``others``: the other seeds' mean; ``new_seed``) and figure: [held-out seed figures inside,
+    all of them], each distinct (group, variant, kind, figure) counted once."""
+    seen: dict[tuple, dict] = {}
+    for cells in report["factors"].values():
+        for e in (e for cell in cells for e in cell.get("held_out", [])):
+            seen[(e["group"], e["variant"], e["kind"], e["metric"])] = e
+    tally = {which: {metric: [0, 0] for metric in HELD_OUT} for which in ("others", "new_seed")}
+    for e in seen.values():
+        for which, inside in (("others", e["inside"]), ("new_seed", e["inside_new_seed"])):
+            tally[which][e["metric"]][0] += inside
+            tally[which][e["metric"]][1] += 1
+    return tally
+
+
+def _held_out_line(report: dict) -> str | None:
+    tally = held_out_tally(report)
+    if not any(total for _, total in tally["others"].values()):
+        return None
+
+    def count(which: str) -> str:
+        inside, total = (sum(t[i] for t in tally[which].values()) for i in (0, 1))
+        parts = "; ".join(f"{metric} {a} of {b}" for metric, (a, b) in tally[which].items())
+        return f"{inside} of {total} ({parts})"
+
+    return (
+        "Leave one seed out: of the single-seed figures, "
+        f"{count('new_seed')} fall inside the new-seed interval their cell's other seeds give, and "
+        f"{count('others')} inside the 95% interval of the other seeds' mean."
+    )
+
+
 def slot_label(slot: int, slots: int) -> str:
     """``by_slot``'s slots: the code levels, the separator, anything else (``TokenMap.slot_table``)."""
     levels = slots - 2
@@ -166,10 +281,12 @@ def build_report(results_dir: Path, base_steps: int = BASE_STEPS, base_depth: in
     results = load_results(results_dir)
     report: dict = {"groups": len(results), "factors": {}, "cpu": _cpu(results)}
     report["base"] = {"steps": base_steps, "depth": base_depth}
+    by_factor = {factor: _cells(results, factor, (base_steps, base_depth)) for factor in FACTORS}
+    spreads = seed_spreads([members for cells in by_factor.values() for members in cells.values()])
     for factor in FACTORS:
         cells = []
-        for key, members in _cells(results, factor, (base_steps, base_depth)).items():
-            variants = [v for v in (*VARIANTS, UNGATED) if all(v in m.group.variants for m in members)]
+        for key, members in by_factor[factor].items():
+            variants = _variants(members)
             cell = {"cell": list(key), "seeds": sorted(m.group.seed for m in members), "variants": {}}
             for v in variants:
                 cell["variants"][v] = {kind: _json(variant_figures(members, v, kind)) for kind in KINDS}
@@ -179,12 +296,22 @@ def build_report(results_dir: Path, base_steps: int = BASE_STEPS, base_depth: in
                 v: {str(m.group.seed): ratio_of_sums(_rows([m], v, _step_cost)).to_json() for m in members}
                 for v in variants
             }
+            cell["new_seed"] = new_seed_figures(members, spreads)
+            cell["held_out"] = held_out_seeds(members, spreads)
             if factor == "target":  # how costly the target is, and whether it is any good
                 ar_cost = _rows(members, "ar", lambda rec: (rec["latency_ms"], rec["tokens"]))
                 cell["ar_ms_per_token"] = ratio_of_sums(ar_cost).to_json()
                 cell["quality"] = target_quality(results_dir, *key[:2])
             cells.append(cell)
         report["factors"][factor] = cells
+    report["seed_spread"] = {}  # the pooled between-seed spread each new-seed interval is drawn from
+    for (decoding, kind, metric), spread in sorted(spreads.items()):
+        ss, df = _pooled(spread)
+        if df:
+            report["seed_spread"][f"{decoding} {kind} {metric}"] = {
+                "sd_log": round(math.sqrt(ss / df), 4),
+                "df": df,
+            }
     report["conclusion"] = conclusion(report)
     return report
 
@@ -316,10 +443,51 @@ def report_markdown(report: dict) -> str:
             for variant, seeds in cell.get("draft_ms_per_step_by_seed", {}).items():
                 per_seed = ", ".join(f"seed {k}: {_fmt(e)}" for k, e in seeds.items())
                 lines.append(f"- {factor} {where} {variant}: {per_seed} ms")
+    lines += ["", *_new_seed_markdown(report)]
     lines += ["", "## What the intervals say", ""]
     lines += [f"- {line}" for line in report["conclusion"]] or ["- Nothing yet: no comparison has been run."]
     lines += ["", "Regenerate: `padrec study report`. Rerun one group: see `padrec study run --help`.", ""]
     return "\n".join(lines)
+
+
+def _new_seed_markdown(report: dict) -> list[str]:
+    spread = ", ".join(
+        f"{name} {e['sd_log']:.4f} ({e['df']} df)" for name, e in report.get("seed_spread", {}).items()
+    )
+    lines = [
+        "## What a new seed should show",
+        "",
+        "The tables above give the 95% interval of a cell's mean over its seeds. One more seed's figure scatters "
+        "more than that mean: the interval it should fall in (`new_seed_interval` in "
+        "`modeling_padrec/study/stats.py`) is the seeds' mean ± t · s · sqrt(1 + 1/seeds) on the log scale, "
+        "with s the spread between seeds pooled over the study's cells, per decoding, kind and figure. The speedup over "
+        "`ar` compares latencies measured minutes apart, so its spread also holds the machine's load; the ratio "
+        "to the no-position draft compares drafts benched side by side. Pooled spread, standard deviation of "
+        f"the log figure: {spread or 'none yet (no cell has two seeds)'}.",
+        "",
+        "| factor | cell | seeds | variant | chain ×ar | chain vs no-position | tree ×ar | tree vs no-position |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for factor, cells in report["factors"].items():
+        for cell in cells:
+            for variant, kinds in cell.get("new_seed", {}).items():
+                shown = [_fmt(kinds.get(kind, {}).get(metric)) for kind in KINDS for metric in HELD_OUT]
+                row = [factor, "/".join(map(str, cell["cell"])), ",".join(map(str, cell["seeds"])), variant]
+                lines.append("| " + " | ".join(row + shown) + " |")
+    lines += ["", _held_out_line(report) or "Leave one seed out: no cell has more than one seed yet.", ""]
+    seen = set()
+    for factor, cells in report["factors"].items():
+        for cell in cells:
+            for e in cell.get("held_out", []):
+                key = (e["group"], e["variant"], e["kind"], e["metric"])
+                if not e["inside_new_seed"] and key not in seen:
+                    seen.add(key)
+                    lines.append(
+                        f"- outside its new-seed interval: {factor} {'/'.join(map(str, cell['cell']))} seed "
+                        f"{e['seed']}, {e['kind']} {e['variant']} {e['metric']} {e['value']:.3f}; other seeds' "
+                        f"new-seed interval {_fmt(e['new_seed'])}"
+                    )
+    return lines
 
 
 def _target_table(cells: list[dict]) -> list[str]:
@@ -446,6 +614,7 @@ def readme_block(report: dict, results_dir: Path) -> str:
         "",
         *([f"- {line}" for line in report["conclusion"]] or ["- No comparison has been run yet."]),
         "",
+        *([line, ""] if (line := _held_out_line(report)) else []),
         README_END,
     ]
     return "\n".join(lines)

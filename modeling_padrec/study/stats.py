@@ -8,6 +8,7 @@ one seed this is the bootstrap over users alone (and says so: ``seeds`` is repor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,3 +75,44 @@ def _estimate(per_seed: list[np.ndarray], stat, seed: int) -> Estimate:
         round(stat(per_seed), 4), round(float(low), 4), round(float(high), 4), len(per_seed),
         sum(len(x) for x in per_seed),
     )  # fmt: skip
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Student's t quantile (``0.5 < p < 1``) by bisection on its CDF, the density integrated numerically
+    (numpy only: scipy is not a runtime dependency)."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        t = np.linspace(0.0, x, 20001)
+        return 0.5 + float(np.trapezoid(np.exp(log_norm - (df + 1) / 2 * np.log1p(t * t / df)), t))
+
+    low, high = 0.0, 1000.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def squares(logs: list[float]) -> tuple[float, int]:
+    """The seeds' spread about their mean: (sum of squared deviations, degrees of freedom)."""
+    return float(np.sum((np.asarray(logs) - np.mean(logs)) ** 2)), len(logs) - 1
+
+
+def new_seed_interval(logs: list[float], pooled: tuple[float, int], level: float = 0.95) -> dict | None:
+    """Where one more seed's figure should fall (a prediction interval): on the log scale, the mean of the cell's
+    seeds (each seed's log geometric mean) ± t · s · sqrt(1 + 1/k), with s² the between-seed variance ``pooled``
+    over the study's cells (sum of squares, degrees of freedom). Pooling is what lets a cell of one or two seeds
+    have an interval at all; that the seed-to-seed spread is alike across cells is an assumption, which the
+    report's leave-one-seed-out check puts to the test."""
+    ss, df = pooled
+    if df < 1 or not logs:
+        return None
+    half = t_quantile(0.5 + level / 2, df) * math.sqrt(ss / df * (1 + 1 / len(logs)))
+    mean = float(np.mean(logs))
+    return {
+        "value": round(math.exp(mean), 4),
+        "low": round(math.exp(mean - half), 4),
+        "high": round(math.exp(mean + half), 4),
+        "seeds": len(logs),
+        "df": df,
+    }
