@@ -31,29 +31,33 @@ lint: install
 # The CPU reference target for one dataset: train (about 30 min on one core), then evaluate. Kept if present.
 REF = runs/ref/$(DATA)
 .PHONY: reference-target
-reference-target: install $(REF)/target/padrec_target.json
+reference-target: install $(REF)/eval-500.json $(REF)/eval-all.json
 
 # A time split's test asks for the period after the validation period: its target also learns from the
 # validation interactions (then only the test split is evaluated), and a third LoRA stage trains on the split's
 # own form, each user's training period -> the validation period's items.
 FIT_beauty-timesplit = --fit-splits train+valid --period-steps 300
-# $(call train-target,FOLDER,BASE): train FOLDER/target on BASE, then evaluate it (first 500 users, all users).
+# $(call train-target,FOLDER,BASE): train FOLDER/target on BASE.
 define train-target
 	$(BIN)/padrec train-target --data $(SHARED)/$(DATA) --out $(1)/target --base $(2) --seed 0 $(FIT_$(DATA))
-	$(BIN)/padrec evaluate --target $(1)/target --data $(SHARED)/$(DATA) --users 500 --json --out $(1)/eval-500.json
-	$(BIN)/padrec evaluate --target $(1)/target --data $(SHARED)/$(DATA) --json --engine generate --batch-size 64 \
-		--out $(1)/eval-all.json
 endef
 $(REF)/target/padrec_target.json:
 	$(call train-target,$(REF),qwen2-small)
+# A target's evaluations (runs/<recipe>/<dataset>/): its first 500 test users, and all of them through a
+# whole-split job (lists-test.jsonl), which an interrupted make resumes where it stopped.
+runs/%/eval-500.json: runs/%/target/padrec_target.json
+	$(BIN)/padrec evaluate --target runs/$*/target --data $(SHARED)/$(notdir $*) --users 500 --json --out $@
+runs/%/eval-all.json: runs/%/target/padrec_target.json
+	$(BIN)/padrec recommend --all --target runs/$*/target --data $(SHARED)/$(notdir $*) --out runs/$*/lists-test.jsonl
+	$(BIN)/padrec evaluate --lists runs/$*/lists-test.jsonl --data $(SHARED)/$(notdir $*) --json --out $@
 
 # The study's deeper target (its target-size factor): qwen2-small's width, 8 layers (about twice its training
 # time). Its evaluations are published beside the study's results.
 DEEP = runs/deep/$(DATA)
 .PHONY: deep-target
-deep-target: install $(DEEP)/target/padrec_target.json
+deep-target: install $(DEEP)/eval-500.json $(DEEP)/eval-all.json
 	mkdir -p results/study/targets/$(DATA)-deep
-	cp $(wildcard $(DEEP)/eval-500.json $(DEEP)/eval-all.json) results/study/targets/$(DATA)-deep/
+	cp $(DEEP)/eval-500.json $(DEEP)/eval-all.json results/study/targets/$(DATA)-deep/
 $(DEEP)/target/padrec_target.json:
 	$(call train-target,$(DEEP),qwen2-deep)
 

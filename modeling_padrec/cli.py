@@ -306,10 +306,15 @@ def _recommend_all(args) -> int:
 def cmd_evaluate(args) -> int:
     from tqdm.auto import tqdm
 
-    from .evaluate import evaluate_lists, format_eval_table
-    from .fileio import write_json_atomic
+    from .evaluate import evaluate_lists
     from .hardware import hardware_info
 
+    if args.lists:
+        return _evaluate_job(args)
+    if not args.target:
+        raise PadrecError(
+            "give --target (decode and evaluate) or --lists (evaluate a finished recommend --all job)"
+        )
     rec, users = _recommender(args)
     if args.split == "valid" and rec.target.meta.train.get("fit_splits") == "train+valid":
         raise PadrecError(
@@ -317,9 +322,16 @@ def cmd_evaluate(args) -> int:
             "(--fit-splits train+valid); evaluate it on the test split"
         )
     with tqdm(total=len(users), desc="evaluate", disable=not sys.stderr.isatty()) as bar:
-        lists = rec.recommend_batch(users, args.split, batch_size=args.batch_size, progress=bar)
+        lists = rec.recommend_batch(users, args.split, batch_size=args.batch_size or 32, progress=bar)
     report = evaluate_lists(lists, rec.dataset, args.split, rec.list_len)
     report.update(target=str(args.target), data=str(args.data), hardware=hardware_info(_device(args.device)))
+    return _print_eval(args, report)
+
+
+def _print_eval(args, report: dict) -> int:
+    from .evaluate import format_eval_table
+    from .fileio import write_json_atomic
+
     if args.out:
         write_json_atomic(args.out, report, indent=2)
     if args.json:
@@ -327,6 +339,27 @@ def cmd_evaluate(args) -> int:
     else:
         print(format_eval_table(report))
     return 0
+
+
+def _evaluate_job(args) -> int:
+    """``evaluate --lists FILE.jsonl``: the metrics of a finished ``recommend --all`` job's lists."""
+    from .data import load_dataset
+    from .evaluate import evaluate_lists
+    from .jobs import read_job
+
+    decoding = {"--target": args.target, "--users": args.users, "--list-len": args.list_len,
+                "--batch-size": args.batch_size, "--merge-lora": args.merge_lora,
+                "--engine": args.engine != "engine", "--device": args.device != "cpu"}  # fmt: skip
+    for flag, given in decoding.items():
+        if given:
+            raise PadrecError(
+                f"{flag} sets how lists are decoded; --lists {args.lists} holds decoded lists already"
+            )
+    dataset = load_dataset(args.data)
+    manifest, lists = read_job(Path(args.lists), dataset.eval_users(args.split), args.split)
+    report = evaluate_lists(lists, dataset, args.split, manifest["list_len"])
+    report.update(target=manifest["target"], data=str(args.data), lists=str(args.lists), job=manifest)
+    return _print_eval(args, report)
 
 
 def engine_stats(results, depth: int) -> dict:
@@ -617,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", cmd_evaluate, "Recall/NDCG of the target's lists vs MostPop"),
     ):
         r = sub.add_parser(name, help=helptext)
-        r.add_argument("--target", required=True)
+        r.add_argument("--target", required=name == "recommend")
         r.add_argument("--data", required=True)
         r.add_argument("--split", default="test", choices=["valid", "test"])
         r.add_argument("--users", type=_positive, help="first N users with a non-empty target list")
@@ -661,9 +694,13 @@ def build_parser() -> argparse.ArgumentParser:
             r.add_argument(
                 "--batch-size",
                 type=_positive,
-                default=32,
                 help="users decoded together: stock generate batches (--engine generate) or the engine's "
-                "continuous batch",
+                "continuous batch (default 32)",
+            )
+            r.add_argument(
+                "--lists",
+                help="evaluate the lists of a finished `padrec recommend --all` job (FILE.jsonl) instead of "
+                "decoding; its target and split are the job's",
             )
             r.add_argument("--out", help="also write the report to this JSON file")
         r.set_defaults(func=func)

@@ -111,6 +111,41 @@ def resume(path: Path, users: list[str]) -> int:
     return len(lines)
 
 
+def read_job(out: Path, split_users: list[str], split: str) -> tuple[dict, dict[str, list]]:
+    """A finished job's record and lists (user -> items), for ``padrec evaluate --lists``. Refused unless the job
+    is complete and holds the first users of ``split_users`` (the split's users of the dataset it is evaluated
+    on), in order."""
+    path = manifest_path(out)
+    if not out.is_file():
+        raise PadrecError(
+            f"--lists {out}: no such file (a job sharded over processes writes it when all are done)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PadrecError(
+            f"--lists {out}: no {path.name} beside it; not a `padrec recommend --all` job"
+        ) from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise PadrecError(f"--lists {out}: unreadable job record {path} ({e})") from None
+    if manifest.get("split") != split:
+        raise PadrecError(f"--lists {out}: a job on the {manifest.get('split')} split, not --split {split}")
+    users = split_users[: manifest["users"]]
+    if len(users) < manifest["users"] or users[-1] != manifest["last_user"]:
+        raise PadrecError(
+            f"--lists {out}: its users are not the first {manifest['users']} {split} users of this dataset "
+            f"(the job decoded {manifest['data']})"
+        )
+    done = resume(out, users) if out.read_bytes().endswith(b"\n") else -1
+    if done != len(users):
+        raise PadrecError(
+            f"--lists {out}: unfinished ({max(done, 0)} of {len(users)} users); rerun its recommend --all command "
+            "to finish it"
+        )
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    return manifest, {line["user"]: line["items"] for line in lines}
+
+
 def run_shard(rec, users: list[str], split: str, path: Path, engine, batch_size: int, progress: bool,
               desc: str = "recommend") -> JobResult:  # fmt: skip
     """Decode ``users`` into ``path``, resuming after its complete lines."""

@@ -101,6 +101,38 @@ def test_job_refuses_mixed_settings_and_foreign_files(tiny_target, synthetic_dir
                        "--tree")  # fmt: skip
 
 
+def test_evaluate_reads_a_finished_job(tiny_target, synthetic_dir, trained_draft, tmp_path):
+    out = tmp_path / "lists.jsonl"
+    assert (
+        job(tiny_target, synthetic_dir, trained_draft, out, "--users", 12, "--batch-size", 4).returncode == 0
+    )
+    read = padrec("evaluate", "--lists", out, "--data", synthetic_dir, "--json")
+    assert read.returncode == 0, read.stderr
+    decoded = padrec("evaluate", "--target", tiny_target, "--data", synthetic_dir, "--users", 12, "--json")
+    assert decoded.returncode == 0, decoded.stderr
+    a, b = json.loads(read.stdout), json.loads(decoded.stdout)
+    metrics = ("users", "list_len", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "valid_item_rate",
+               "complete_list_rate", "distinct_items", "distinct_first_items", "mostpop")  # fmt: skip
+    assert {k: a[k] for k in metrics} == {k: b[k] for k in metrics} and a["users"] == 12
+    assert a["target"] == str(tiny_target) and a["job"]["draft"] == str(trained_draft)
+    # refused: decoding flags, another split, an unfinished job, a file that is not a job, another dataset
+    base = ("evaluate", "--lists", out, "--data", synthetic_dir)
+    assert_clean_error(padrec(*base, "--users", 3), "--users", str(out))
+    assert_clean_error(padrec(*base, "--target", tiny_target), "--target")
+    assert_clean_error(padrec(*base, "--split", "valid"), "split")
+    assert_clean_error(padrec("evaluate", "--data", synthetic_dir), "--lists")
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(out.read_bytes()[:-40])
+    out.with_name("lists.jsonl.job.json").replace(cut.with_name("cut.jsonl.job.json"))
+    assert_clean_error(
+        padrec("evaluate", "--lists", cut, "--data", synthetic_dir), "unfinished", "recommend --all"
+    )
+    assert_clean_error(padrec(*base), "not a `padrec recommend --all` job")
+    record = json.loads(cut.with_name("cut.jsonl.job.json").read_text())
+    cut.with_name("cut.jsonl.job.json").write_text(json.dumps({**record, "users": 10**6}))
+    assert_clean_error(padrec("evaluate", "--lists", cut, "--data", synthetic_dir), "not the first")
+
+
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate's launcher is not installed beside python")
 def test_two_processes_write_what_one_writes(tiny_target, synthetic_dir, trained_draft, tmp_path):
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
