@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,6 +319,16 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     assert [c["quality"]["source"].endswith("eval-500.json") for c in fallback if c["cell"][1] == "deep"] == [
         True
     ]
+    # both published, the reference target for its first users only: both cited on those users
+    published.write_text(published.with_name("eval-500.json").read_text())
+    ref_eval = paths.results.parent / synthetic_dir.name / "target" / "eval-500.json"
+    ref_eval.parent.mkdir(parents=True)
+    ref_eval.write_text(published.read_text())
+    shared = write_report(paths.results, base_steps=6, base_depth=3)["factors"]["target"]
+    assert {c["cell"][1]: Path(c["quality"]["source"]).name for c in shared} == {
+        "ref": "eval-500.json",
+        "deep": "eval-500.json",
+    }
     deep_rows = [json.loads(x) for x in (paths.group_dir(deep) / "requests.jsonl").read_text().splitlines()]
     ar_rows = [r for r in deep_rows if r["method"] == "ar"]
     per_token = sum(r["latency_ms"] for r in ar_rows) / sum(r["tokens"] for r in ar_rows)

@@ -55,15 +55,17 @@ def _shown(factor: str, key: list) -> list[str]:
     return [str(k) for k in key] if factor == "target" else [str(key[0]), *map(str, key[2:])]
 
 
-def target_quality(results_dir: Path, dataset: str, target: str) -> dict | None:
+EVALUATIONS = ("eval-all.json", "eval-500.json")  # all test users, the first 500
+
+
+def target_quality(results_dir: Path, dataset: str, target: str, names=EVALUATIONS) -> dict | None:
     """A study target's evaluation (``padrec evaluate --json``) where it is published: in
     ``results/study/targets/<dataset>-<target>/`` (``make deep-target``), or for the reference target in
-    ``results/<dataset>/target/`` (``make reference-table``); all test users (``eval-all.json``), else the first
-    500 (``eval-500.json``)."""
+    ``results/<dataset>/target/`` (``make reference-table``); the first of ``names`` found."""
     folders = [results_dir / "targets" / f"{dataset}-{target}"]
     if target == "ref":
         folders.append(results_dir.parent / dataset / "target")
-    for path in (folder / name for name in ("eval-all.json", "eval-500.json") for folder in folders):
+    for path in (folder / name for name in names for folder in folders):
         if path.is_file():
             full = json.loads(path.read_text())
             keep = ("users", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "valid_item_rate")
@@ -301,7 +303,9 @@ def build_report(results_dir: Path, base_steps: int = BASE_STEPS, base_depth: in
             if factor == "target":  # how costly the target is, and whether it is any good
                 ar_cost = _rows(members, "ar", lambda rec: (rec["latency_ms"], rec["tokens"]))
                 cell["ar_ms_per_token"] = ratio_of_sums(ar_cost).to_json()
-                cell["quality"] = target_quality(results_dir, *key[:2])
+                cell["quality"] = target_quality(
+                    results_dir, *key[:2], _shared_evaluation(results_dir, by_factor, key[0])
+                )
             cells.append(cell)
         report["factors"][factor] = cells
     report["seed_spread"] = {}  # the pooled between-seed spread each new-seed interval is drawn from
@@ -314,6 +318,16 @@ def build_report(results_dir: Path, base_steps: int = BASE_STEPS, base_depth: in
             }
     report["conclusion"] = conclusion(report)
     return report
+
+
+def _shared_evaluation(results_dir: Path, by_factor: dict, dataset: str) -> tuple[str, ...]:
+    """The evaluation every target of ``dataset``'s target cells has published (all users, else the first 500),
+    so that their qualities are on the same users; each its own where none is shared."""
+    targets = {key[1] for key in by_factor["target"] if key[0] == dataset}
+    for name in EVALUATIONS:
+        if all(target_quality(results_dir, dataset, t, (name,)) for t in targets):
+            return (name,)
+    return EVALUATIONS
 
 
 def _json(figures: dict) -> dict:
