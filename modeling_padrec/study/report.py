@@ -182,10 +182,10 @@ def _seed_logs(members: list[GroupResult], base: str, method: str) -> list[float
 
 
 def seed_spreads(cells: list[list[GroupResult]]) -> dict[tuple[str, str, str], dict[tuple, list[float]]]:
-    """Per (decoding, kind, metric): every distinct (cell's groups, variant) with its seeds' figures (log scale). A group
-    set shown under several factors (the 150-step pair is the budget's, the sampling's greedy twin and the
-    target's reference) counts once. Greedy and sampled decoding are pooled apart: sampling adds its own
-    scatter."""
+    """Per (decoding, kind, metric): every distinct (cell's groups, variant) with its seeds' figures (log
+    scale). A group set shown under several factors (the 150-step pair is the budget's, the sampling's greedy
+    twin and the target's reference) counts once. Greedy and sampled decoding are pooled apart: sampling adds
+    its own scatter."""
     spreads: dict[tuple[str, str, str], dict[tuple, list[float]]] = {}
     for members in cells:
         names = tuple(sorted(m.group.name for m in members))
@@ -205,7 +205,8 @@ def _pooled(spread: dict[tuple, list[float]], replace: tuple | None = None, logs
 
 
 def new_seed_figures(members: list[GroupResult], spreads: dict) -> dict:
-    """variant -> kind -> metric -> where a new seed of this cell should fall (:func:`.stats.new_seed_interval`)."""
+    """variant -> kind -> metric -> where a new seed of this cell should fall
+    (:func:`.stats.new_seed_interval`)."""
     out: dict = {}
     for variant, kind, metric, base, method in _seed_figures(members):
         pooled = _pooled(spreads[(members[0].group.decoding, kind, metric)])
@@ -215,8 +216,8 @@ def new_seed_figures(members: list[GroupResult], spreads: dict) -> dict:
 
 
 def held_out_seeds(members: list[GroupResult], spreads: dict) -> list[dict]:
-    """Leave one seed out: every seed of the cell alone against what the cell's other seeds give: the 95% interval
-    of their mean (``others``) and where a new seed should fall (``new_seed``, with the pooled spread recomputed
+    """Leave one seed out: every seed of the cell alone against what the cell's other seeds give: the 95%
+    interval of their mean (``others``) and where a new seed should fall (``new_seed``, with the pooled spread recomputed
     without the held-out seed). What a rerun with a new seed is checked on, asked of the seeds already run."""
     if len(members) < 2:
         return []
@@ -474,8 +475,8 @@ def _new_seed_markdown(report: dict) -> list[str]:
         "The tables above give the 95% interval of a cell's mean over its seeds. One more seed's figure scatters "
         "more than that mean: the interval it should fall in (`new_seed_interval` in "
         "`modeling_padrec/study/stats.py`) is the seeds' mean ± t · s · sqrt(1 + 1/seeds) on the log scale, "
-        "with s the spread between seeds pooled over the study's cells, per decoding, kind and figure. The speedup over "
-        "`ar` compares latencies measured minutes apart, so its spread also holds the machine's load; the ratio "
+        "with s the spread between seeds pooled over the study's cells, per decoding, kind and figure. The "
+        "speedup over `ar` compares latencies measured minutes apart, so its spread also holds the machine's load; the ratio "
         "to the no-position draft compares drafts benched side by side. Pooled spread, standard deviation of "
         f"the log figure: {spread or 'none yet (no cell has two seeds)'}.",
         "",
