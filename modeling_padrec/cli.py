@@ -866,6 +866,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--readme", help="also rewrite this file's <!-- study:start --> ... <!-- study:end --> block"
     )
+    q.add_argument(
+        "--check",
+        action="store_true",
+        help="recompute the report from the per-group results and compare it with the published one; write "
+        "nothing, exit 1 where they differ",
+    )
     q.set_defaults(func=cmd_study_report)
 
     m = sub.add_parser(
@@ -947,11 +953,26 @@ def cmd_study_run(args) -> int:
 
 
 def cmd_study_report(args) -> int:
-    from .study.report import write_report
+    from .study.report import check_report, write_report
 
     results = Path(args.results)
     if not (results / "groups").is_dir():
         raise PadrecError(f"--results {results}: no groups/ folder (run `padrec study run` first)")
+    if args.check:
+        if args.readme:
+            raise PadrecError("--check writes nothing; it cannot be used with --readme")
+        diffs = check_report(results)
+        if diffs:
+            shown = "\n".join(f"  {d}" for d in diffs[:20]) + (
+                f"\n  ... {len(diffs) - 20} more" if len(diffs) > 20 else ""
+            )
+            print(
+                f"study: the published report differs from the per-group results at:\n{shown}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"study: {results / 'report.json'} and report.md are what the per-group results give")
+        return 0
     if args.readme and not Path(args.readme).is_file():
         raise PadrecError(f"--readme {args.readme}: not a file")
     report = write_report(results, readme=Path(args.readme) if args.readme else None)

@@ -261,6 +261,19 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     assert report["factors"]["ablation"] == []  # a group of two is not the four-way ablation
     assert len(load_results(paths.results)) == 1
     assert "## depth" in (paths.results / "report.md").read_text() == report_markdown(report)
+    check = padrec(
+        "study", "report", "--results", paths.results, "--check"
+    )  # recomputed, compared, not written
+    assert check.returncode == 0 and "are what the per-group results give" in check.stdout, check.stderr
+    published = (paths.results / "report.json").read_text()
+    tampered = json.loads(published)
+    tampered["factors"]["depth"][0]["variants"]["pad-rec"]["chain"]["speedup_vs_ar"]["high"] += 0.01
+    (paths.results / "report.json").write_text(json.dumps(tampered, indent=2) + "\n")
+    check = padrec("study", "report", "--results", paths.results, "--check")
+    assert (
+        check.returncode == 1 and "/factors/depth/0/variants/pad-rec/chain/speedup_vs_ar/high" in check.stderr
+    )
+    (paths.results / "report.json").write_text(published)
     # the sampling factor: the same drafts benched sampled at temperature 1 beside the greedy group
     twin = Group(synthetic_dir.name, seed=0, steps=6, depth=3, variants=PAIR, temperature=1.0)
     assert run_groups([twin], paths, settings) == [twin]
@@ -349,6 +362,9 @@ def test_study_refusals(tmp_path):
     (tmp_path / "groups").mkdir()
     assert_clean_error(
         padrec("study", "report", "--results", tmp_path, "--readme", tmp_path / "no.md"), "--readme"
+    )
+    assert_clean_error(
+        padrec("study", "report", "--results", tmp_path, "--check", "--readme", tmp_path / "x.md"), "--check"
     )
     (tmp_path / "plain.md").write_text("no markers\n")
     assert_clean_error(

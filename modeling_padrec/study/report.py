@@ -659,3 +659,37 @@ def write_report(results_dir: Path, readme: Path | None = None, **base) -> dict:
         with atomic_file(readme, "w") as f:
             f.write(text)
     return report
+
+
+def _differences(a, b, where: str = "") -> list[str]:
+    """The paths at which two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(set(a) | set(b), key=str)
+            for d in _differences(a.get(k), b.get(k), f"{where}/{k}")
+        ]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [
+            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _differences(x, y, f"{where}/{i}")
+        ]
+    return [] if a == b else [where or "/"]
+
+
+def check_report(results_dir: Path, **base) -> list[str]:
+    """Recompute the report from the per-group results and compare it with the published ``report.json`` and
+    ``report.md`` (writing nothing): the paths that differ, empty when the published report is what the files
+    give. ``base`` as :func:`build_report`, by default the published report's own."""
+    published = {}
+    for name in ("report.json", "report.md"):
+        path = results_dir / name
+        published[name] = path.read_text() if path.is_file() else None
+    if published["report.json"] is None:
+        return ["report.json (not published)"]
+    old = json.loads(published["report.json"])
+    base = base or {f"base_{k}": v for k, v in old.get("base", {}).items()}
+    report = build_report(results_dir, **base)
+    diffs = [f"report.json{d}" for d in _differences(old, report)]
+    if published["report.md"] != report_markdown(report):
+        diffs.append("report.md")
+    return diffs
