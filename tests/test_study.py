@@ -300,6 +300,12 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     verdict = rf"^gate .*, chain: {UNGATED} is (faster than|slower than|not distinguishable from) pad-rec\b"
     assert any(re.match(verdict, line) for line in report["conclusion"])  # whichever way the timing went
     assert report["factors"]["depth"] == [cell]  # the gate group counts for the gate factor only
+    distinct = {}  # the CPU time: each draft once, though three groups bench the seed-0 pair
+    for path in (paths.results / "groups").glob("*/group.json"):
+        g = json.loads(path.read_text())
+        for v, d in g["drafts"].items():
+            distinct[(g["group"]["target"], g["group"]["seed"], g["group"]["steps"], v)] = d["train_seconds"]
+    assert len(distinct) == 3 and report["cpu"]["train_s"] == pytest.approx(sum(distinct.values()), abs=0.1)
     assert report["factors"]["target"] == []  # one target so far: nothing to compare
     # the target factor: the same pair distilled from a second target (the tiny target again, under runs/deep),
     # with its own drafts and distillation cache; its quality is read from its published evaluation

@@ -342,7 +342,14 @@ def _json(figures: dict) -> dict:
 
 
 def _cpu(results: list[GroupResult]) -> dict:
-    train = sum((d.get("train_seconds") or 0) for r in results for d in r.summary["drafts"].values())
+    """Training and benching time over the groups; a draft shared by several groups (the sampling and gate
+    factors bench drafts other groups trained) counts once."""
+    drafts = {
+        (r.group.dataset, r.group.target, r.group.draft_name(v)): d.get("train_seconds") or 0
+        for r in results
+        for v, d in r.summary["drafts"].items()
+    }
+    train = sum(drafts.values())
     bench = sum(r.summary["bench"]["wall_s"] for r in results)
     return {"train_s": round(train, 1), "bench_s": round(bench, 1)}
 
