@@ -356,7 +356,7 @@ def _evaluate_job(args) -> int:
                 f"{flag} sets how lists are decoded; --lists {args.lists} holds decoded lists already"
             )
     dataset = load_dataset(args.data)
-    manifest, lists = read_job(Path(args.lists), dataset.eval_users(args.split), args.split)
+    manifest, lists = read_job(Path(args.lists), Path(args.data), dataset.eval_users(args.split), args.split)
     report = evaluate_lists(lists, dataset, args.split, manifest["list_len"])
     report.update(target=manifest["target"], data=str(args.data), lists=str(args.lists), job=manifest)
     return _print_eval(args, report)

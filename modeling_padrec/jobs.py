@@ -111,10 +111,10 @@ def resume(path: Path, users: list[str]) -> int:
     return len(lines)
 
 
-def read_job(out: Path, split_users: list[str], split: str) -> tuple[dict, dict[str, list]]:
+def read_job(out: Path, data: Path, split_users: list[str], split: str) -> tuple[dict, dict[str, list]]:
     """A finished job's record and lists (user -> items), for ``padrec evaluate --lists``. Refused unless the job
-    is complete and holds the first users of ``split_users`` (the split's users of the dataset it is evaluated
-    on), in order."""
+    is complete, decoded the dataset ``data`` (by its folder name) and holds the first users of ``split_users``
+    (that dataset's users of ``split``), in order."""
     path = manifest_path(out)
     if not out.is_file():
         raise PadrecError(
@@ -128,6 +128,11 @@ def read_job(out: Path, split_users: list[str], split: str) -> tuple[dict, dict[
         ) from None
     except (OSError, json.JSONDecodeError) as e:
         raise PadrecError(f"--lists {out}: unreadable job record {path} ({e})") from None
+    keys = ("target", "data", "split", "list_len", "users", "last_user")
+    if not isinstance(manifest, dict) or not all(k in manifest for k in keys):
+        raise PadrecError(f"--lists {out}: {path.name} is not a `padrec recommend --all` job record")
+    if Path(manifest["data"]).name != Path(data).name:
+        raise PadrecError(f"--lists {out}: the job decoded {manifest['data']}, not --data {data}")
     if manifest.get("split") != split:
         raise PadrecError(f"--lists {out}: a job on the {manifest.get('split')} split, not --split {split}")
     users = split_users[: manifest["users"]]

@@ -129,6 +129,15 @@ def test_evaluate_reads_a_finished_job(tiny_target, synthetic_dir, trained_draft
     )
     assert_clean_error(padrec(*base), "not a `padrec recommend --all` job")
     record = json.loads(cut.with_name("cut.jsonl.job.json").read_text())
+    beauty = tmp_path / "other" / "Beauty"  # the same users under another dataset's name: refused
+    beauty.parent.mkdir()
+    beauty.symlink_to(synthetic_dir)
+    assert_clean_error(padrec("evaluate", "--lists", cut, "--data", beauty), "not --data")
+    cut.with_name("cut.jsonl.job.json").write_text(json.dumps({"split": "test"}))
+    assert_clean_error(
+        padrec("evaluate", "--lists", cut, "--data", synthetic_dir),
+        "not a `padrec recommend --all` job record",
+    )
     cut.with_name("cut.jsonl.job.json").write_text(json.dumps({**record, "users": 10**6}))
     assert_clean_error(padrec("evaluate", "--lists", cut, "--data", synthetic_dir), "not the first")
 
