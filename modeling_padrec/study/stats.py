@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -77,6 +78,7 @@ def _estimate(per_seed: list[np.ndarray], stat, seed: int) -> Estimate:
     )  # fmt: skip
 
 
+@cache  # the report asks for the same few (p, df) hundreds of times
 def t_quantile(p: float, df: float) -> float:
     """Student's t quantile (``0.5 < p < 1``) by bisection on its CDF, the density integrated numerically
     (numpy only: scipy is not a runtime dependency)."""
