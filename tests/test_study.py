@@ -44,6 +44,7 @@ from modeling_padrec.study.run import (
     estimate_cpu,
     is_done,
     run_groups,
+    training_record,
 )
 from modeling_padrec.study.stats import geometric_mean, new_seed_interval, ratio_of_sums, t_quantile
 
@@ -380,3 +381,22 @@ def test_study_refusals(tmp_path):
     assert_clean_error(
         padrec("study", "run", "--data-root", tmp_path, "--datasets", ".", "--only", "x-y"), "--only"
     )
+
+
+def test_a_resumed_training_counts_every_run(tmp_path):
+    """A resumed training's log restarts its clock: the cost is every run's last figure, summed."""
+    lines = [
+        (10, 30.0),
+        (20, 60.0),
+        (30, 90.0),
+        (20, 25.0),
+        (30, 50.0),
+        (40, 80.5),
+    ]  # killed after 30, resumed at 20
+    (tmp_path / "train_log.jsonl").write_text(
+        "".join(json.dumps({"stage": "draft", "step": s, "elapsed_s": e}) + "\n" for s, e in lines)
+    )
+    (tmp_path / "padrec_draft.json").write_text(
+        json.dumps({"args": {"max_steps": 40}, "final": {"acc_0": 0.5}})
+    )
+    assert training_record(tmp_path) == {"train_seconds": 170.5, "steps": 40, "final": {"acc_0": 0.5}}

@@ -97,11 +97,16 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
 
 
 def training_record(draft_dir: Path) -> dict:
-    """A trained draft's CPU cost and final metrics, from its own ``train_log.jsonl`` and ``padrec_draft.json``."""
+    """A trained draft's CPU cost and final metrics, from its own ``train_log.jsonl`` and ``padrec_draft.json``.
+
+    A training resumed from a checkpoint appends to the log with its clock restarted, so the cost is the sum of
+    every run's last ``elapsed_s`` (steps redone after an interruption count again: they were paid twice)."""
     lines = [json.loads(x) for x in (draft_dir / "train_log.jsonl").read_text().splitlines() if x.strip()]
     meta = json.loads((draft_dir / "padrec_draft.json").read_text())
+    elapsed = [x["elapsed_s"] for x in lines if "elapsed_s" in x]
+    runs_end = [a for a, b in zip(elapsed, elapsed[1:], strict=False) if b < a] + elapsed[-1:]
     return {
-        "train_seconds": lines[-1].get("elapsed_s") if lines else None,
+        "train_seconds": round(sum(runs_end), 2) if runs_end else None,
         "steps": meta["args"]["max_steps"],
         "final": meta.get("final"),
     }
