@@ -141,14 +141,14 @@ def read_job(out: Path, data: Path, split_users: list[str], split: str) -> tuple
             f"--lists {out}: its users are not the first {manifest['users']} {split} users of this dataset "
             f"(the job decoded {manifest['data']})"
         )
-    data = out.read_bytes()
-    done = resume(out, users) if data.endswith(b"\n") else -1
+    raw = out.read_bytes()
+    done = resume(out, users) if raw.endswith(b"\n") else -1
     if done != len(users):
         raise PadrecError(
             f"--lists {out}: unfinished ({max(done, 0)} of {len(users)} users); rerun its recommend --all command "
             "to finish it"
         )
-    lines = [json.loads(line) for line in data.splitlines()]
+    lines = [json.loads(line) for line in raw.splitlines()]
     return manifest, {line["user"]: line["items"] for line in lines}
 
 

@@ -388,11 +388,9 @@ def test_a_resumed_training_counts_every_run(tmp_path):
     lines = [
         (10, 30.0),
         (20, 60.0),
-        (30, 90.0),
-        (20, 25.0),
-        (30, 50.0),
-        (40, 80.5),
-    ]  # killed after 30, resumed at 20
+        (30, 40.0),
+        (40, 110.5),
+    ]  # killed after its step-20 checkpoint (the lines after it cut on resume), resumed from there
     (tmp_path / "train_log.jsonl").write_text(
         "".join(json.dumps({"stage": "draft", "step": s, "elapsed_s": e}) + "\n" for s, e in lines)
     )
