@@ -8,7 +8,8 @@
   batches an uninterrupted one would;
 * checkpoints every ``save_every`` steps into ``work_dir/<stage>/``: trainable weights and optimizer state in
   safetensors, counters in JSON — nothing is pickled;
-* a tqdm progress bar and ``train_log.jsonl`` (one JSON object per logged step) on the main process.
+* a tqdm progress bar and ``train_log.jsonl`` (one JSON object per logged step) on the main process; its
+  ``elapsed_s`` is the stage's training time so far, carried through checkpoints across resumes.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Checkpointer:
     def _params(self, model) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
-    def save(self, model, optimizer, step: int) -> None:
+    def save(self, model, optimizer, step: int, elapsed_s: float = 0.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = {n: p.detach().contiguous().clone() for n, p in self._params(model).items()}
         opt = {}
@@ -78,16 +79,18 @@ class Checkpointer:
         with staged_dir(self.folder / "ckpt") as tmp:
             save_file(weights, tmp / "weights.safetensors")
             save_file(opt, tmp / "optimizer.safetensors")
-            (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
+            state = {"step": step, "elapsed_s": round(elapsed_s, 2), "fingerprint": self.fingerprint}
+            (tmp / "state.json").write_text(json.dumps(state))
 
-    def load(self, model, optimizer) -> int:
-        """Restore the latest checkpoint if it matches this run; return the step to continue from."""
+    def load(self, model, optimizer) -> tuple[int, float]:
+        """Restore the latest checkpoint if it matches this run; return the step to continue from and the
+        training time spent up to it (0 for a checkpoint written before checkpoints kept their time)."""
         final = self.folder / "ckpt"
         if not (final / "state.json").is_file():
-            return 0
+            return 0, 0.0
         state = json.loads((final / "state.json").read_text())
         if state.get("fingerprint") != self.fingerprint:
-            return 0  # another run's checkpoint: start over rather than mix runs
+            return 0, 0.0  # another run's checkpoint: start over rather than mix runs
         weights = load_file(final / "weights.safetensors")
         params = self._params(model)
         with torch.no_grad():
@@ -101,7 +104,7 @@ class Checkpointer:
             restored.setdefault(int(i), {})[k] = t
         sd["state"] = restored
         optimizer.load_state_dict(sd)
-        return int(state["step"])
+        return int(state["step"]), float(state.get("elapsed_s", 0.0))
 
 
 def run_settings(settings: dict, drop: tuple[str, ...] = ()) -> dict:
@@ -170,7 +173,7 @@ def train_stage(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = Checkpointer(work_dir / cfg.name, {**run_fingerprint, "stage": asdict(cfg), "seed": seed})
-    start = ckpt.load(model, optimizer)
+    start, spent = ckpt.load(model, optimizer)
     schedule = lr_lambda(cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: schedule(start + i))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -194,7 +197,8 @@ def train_stage(
         disable=not accelerator.is_main_process,
         dynamic_ncols=True,
     )
-    t0, running, batches, epoch = time.time(), [], None, -1
+    # elapsed_s in the log counts the whole training: a resumed run continues the checkpoint's clock
+    t0, running, batches, epoch = time.time() - spent, [], None, -1
     for step in range(start, cfg.max_steps):
         if step // per_epoch != epoch:
             epoch = step // per_epoch
@@ -235,7 +239,7 @@ def train_stage(
         if done % cfg.save_every == 0 and done < cfg.max_steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                ckpt.save(accelerator.unwrap_model(model), optimizer, done)
+                ckpt.save(accelerator.unwrap_model(model), optimizer, done, time.time() - t0)
             accelerator.wait_for_everyone()
     bar.close()
     accelerator.wait_for_everyone()

@@ -398,3 +398,8 @@ def test_a_resumed_training_counts_every_run(tmp_path):
         json.dumps({"args": {"max_steps": 40}, "final": {"acc_0": 0.5}})
     )
     assert training_record(tmp_path) == {"train_seconds": 170.5, "steps": 40, "final": {"acc_0": 0.5}}
+    continued = [(10, 30.0), (20, 60.0), (30, 100.0), (40, 130.5)]  # a resume that carries the clock on
+    (tmp_path / "train_log.jsonl").write_text(
+        "".join(json.dumps({"stage": "draft", "step": s, "elapsed_s": e}) + "\n" for s, e in continued)
+    )
+    assert training_record(tmp_path)["train_seconds"] == 130.5

@@ -88,9 +88,14 @@ def assert_resume_matches(dataset, tmp_path, dropout):
         "state.json",
         "weights.safetensors",
     ]
-    assert json.loads((ckpt / "state.json").read_text())["step"] == 3
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 3 and state["elapsed_s"] > 0
     resumed, steps = run_stage(dataset, tmp_path / "resumed", dropout)
     assert steps == 3  # continued from the checkpoint at step 3, not from scratch
+    log = [json.loads(line) for line in (tmp_path / "resumed" / LOG_NAME).read_text().splitlines()]
+    clock = [r["elapsed_s"] for r in log]
+    assert [r["step"] for r in log][3] == 4 and clock[3] >= state["elapsed_s"]  # the clock goes on
+    assert clock == sorted(clock)
     assert resumed.keys() == full.keys() and len(full) > 10
     for name in full:
         assert torch.allclose(full[name], resumed[name], atol=1e-6), name
@@ -111,13 +116,13 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
-    Checkpointer(tmp_path, {"run": 1}).save(model, opt, step=7)
+    Checkpointer(tmp_path, {"run": 1}).save(model, opt, step=7, elapsed_s=12.345)
     saved = model.weight.detach().clone()
     fresh = torch.nn.Linear(3, 2)
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
-    assert Checkpointer(tmp_path, {"run": 2}).load(fresh, fresh_opt) == 0
+    assert Checkpointer(tmp_path, {"run": 2}).load(fresh, fresh_opt) == (0, 0.0)
     assert not torch.equal(fresh.weight, saved)
-    assert Checkpointer(tmp_path, {"run": 1}).load(fresh, fresh_opt) == 7
+    assert Checkpointer(tmp_path, {"run": 1}).load(fresh, fresh_opt) == (7, 12.35)
     assert torch.equal(fresh.weight, saved)
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 

@@ -99,9 +99,10 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
 def training_record(draft_dir: Path) -> dict:
     """A trained draft's CPU cost and final metrics, from its own ``train_log.jsonl`` and ``padrec_draft.json``.
 
-    A training resumed from a checkpoint cuts the log back to that checkpoint's step and appends with its clock
-    restarted, so the cost is the sum of every run's last ``elapsed_s`` kept in the log (a killed run's time
-    after its last checkpoint went with the lines cut)."""
+    A training resumed from a checkpoint cuts the log back to that checkpoint's step and appends. Its clock goes
+    on from the checkpoint's, except in checkpoints written before they kept their time, where it restarts; so
+    the cost is the sum of every run's last ``elapsed_s`` kept in the log, a run ending where the clock falls
+    (a killed run's time after its last checkpoint went with the lines cut)."""
     lines = [json.loads(x) for x in (draft_dir / "train_log.jsonl").read_text().splitlines() if x.strip()]
     meta = json.loads((draft_dir / "padrec_draft.json").read_text())
     elapsed = [x["elapsed_s"] for x in lines if "elapsed_s" in x]
