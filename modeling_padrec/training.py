@@ -152,6 +152,23 @@ def _truncate_log(path: Path, stage: str, start: int) -> None:
         path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
+def training_seconds(rows: list[dict]) -> float | None:
+    """The training time a ``train_log.jsonl`` records (its rows, parsed), all stages together; None without any.
+
+    A resumed stage goes on from its checkpoint's clock, except from checkpoints written before they kept their
+    time, where the clock restarts: each stage's time is the sum of every run's last ``elapsed_s``, a run ending
+    where the clock falls. A killed run's time after its last checkpoint went with the log lines cut on resume.
+    """
+    clocks: dict[str, list[float]] = {}
+    for row in rows:
+        if "elapsed_s" in row:
+            clocks.setdefault(row["stage"], []).append(row["elapsed_s"])
+    if not clocks:
+        return None
+    ends = [a for c in clocks.values() for a, b in zip(c, c[1:], strict=False) if b < a]
+    return sum(ends) + sum(c[-1] for c in clocks.values())
+
+
 def train_stage(
     model,
     dataset,

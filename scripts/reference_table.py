@@ -16,15 +16,14 @@ import json
 import sys
 from pathlib import Path
 
+from modeling_padrec.training import training_seconds
+
 START, END = "<!-- reference-table:start -->", "<!-- reference-table:end -->"
 
 
 def train_minutes(log: Path) -> float:
-    last: dict[str, float] = {}
-    for line in log.read_text().splitlines():
-        row = json.loads(line)
-        last[row["stage"]] = row["elapsed_s"]
-    return sum(last.values()) / 60
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return (training_seconds(rows) or 0.0) / 60
 
 
 def published_rows(block: str) -> dict[str, str]:

@@ -30,6 +30,7 @@ from modeling_padrec.training import (
     lr_lambda,
     train_stage,
     train_target,
+    training_seconds,
 )
 
 # 16 examples, 4 per batch: an epoch is 4 steps, so a run of 6 steps resumed at 3 crosses an epoch boundary
@@ -125,6 +126,19 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path):
     assert Checkpointer(tmp_path, {"run": 1}).load(fresh, fresh_opt) == (7, 12.35)
     assert torch.equal(fresh.weight, saved)
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_training_seconds_adds_stages_and_restarted_runs():
+    rows = [
+        {"stage": "pretrain", "step": 10, "elapsed_s": 50.0},
+        {"stage": "pretrain", "step": 20, "elapsed_s": 100.0},
+        {"stage": "lora", "step": 10, "elapsed_s": 20.0},
+        {"stage": "lora", "step": 20, "elapsed_s": 5.0},  # resumed, old checkpoint: the clock restarted
+        {"stage": "lora", "step": 30, "elapsed_s": 15.0},
+    ]
+    assert training_seconds(rows) == 100.0 + 20.0 + 15.0
+    assert training_seconds(rows[:2]) == 100.0  # a clock carried on through resumes counts once
+    assert training_seconds([]) is None
 
 
 def test_train_stage_creates_its_work_dir(dataset, tmp_path):

@@ -97,18 +97,15 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
 
 
 def training_record(draft_dir: Path) -> dict:
-    """A trained draft's CPU cost and final metrics, from its own ``train_log.jsonl`` and ``padrec_draft.json``.
+    """A trained draft's CPU cost and final metrics, from its own ``train_log.jsonl`` (read as
+    ``training.training_seconds`` does, across resumes) and ``padrec_draft.json``."""
+    from ..training import LOG_NAME, training_seconds
 
-    A training resumed from a checkpoint cuts the log back to that checkpoint's step and appends. Its clock goes
-    on from the checkpoint's, except in checkpoints written before they kept their time, where it restarts; so
-    the cost is the sum of every run's last ``elapsed_s`` kept in the log, a run ending where the clock falls
-    (a killed run's time after its last checkpoint went with the lines cut)."""
-    lines = [json.loads(x) for x in (draft_dir / "train_log.jsonl").read_text().splitlines() if x.strip()]
+    lines = [json.loads(x) for x in (draft_dir / LOG_NAME).read_text().splitlines() if x.strip()]
     meta = json.loads((draft_dir / "padrec_draft.json").read_text())
-    elapsed = [x["elapsed_s"] for x in lines if "elapsed_s" in x]
-    runs_end = [a for a, b in zip(elapsed, elapsed[1:], strict=False) if b < a] + elapsed[-1:]
+    seconds = training_seconds(lines)
     return {
-        "train_seconds": round(sum(runs_end), 2) if runs_end else None,
+        "train_seconds": None if seconds is None else round(seconds, 2),
         "steps": meta["args"]["max_steps"],
         "final": meta.get("final"),
     }
