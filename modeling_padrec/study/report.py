@@ -552,7 +552,8 @@ def plot_factor(report: dict, factor: str, path: Path) -> Path | None:
                 points.append((f"{label}\n{variant}", e))
     if not points:
         return None
-    fig, ax = _figure(figsize=(max(4, 0.9 * len(points)), 3.5))
+    widest = max(len(line) for label, _ in points for line in label.split("\n"))  # labels, 7 pt, side by side
+    fig, ax = _figure(figsize=(max(4, max(0.9, 0.075 * widest) * len(points)), 3.5))
     xs = range(len(points))
     values = [e["value"] for _, e in points]
     errors = [[e["value"] - e["low"] for _, e in points], [e["high"] - e["value"] for _, e in points]]
