@@ -69,7 +69,7 @@ class Checkpointer:
     def _params(self, model) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
-    def save(self, model, optimizer, step: int, elapsed_s: float = 0.0) -> None:
+    def save(self, model, optimizer, step: int, elapsed_s: float) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = {n: p.detach().contiguous().clone() for n, p in self._params(model).items()}
         opt = {}
@@ -143,10 +143,15 @@ def epoch_batches(dataset, batch_size: int, seed: int, group: int = 64) -> list[
     return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
+def read_log(path: Path) -> list[dict]:
+    """The rows of a ``train_log.jsonl``."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _truncate_log(path: Path, stage: str, start: int) -> None:
     if not path.is_file():
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_log(path)
     keep = [r for r in rows if r["stage"] != stage or r["step"] <= start]
     if len(keep) != len(rows):
         path.write_text("".join(json.dumps(r) + "\n" for r in keep))

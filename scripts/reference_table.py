@@ -16,14 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-from modeling_padrec.training import training_seconds
+from modeling_padrec.training import read_log, training_seconds
 
 START, END = "<!-- reference-table:start -->", "<!-- reference-table:end -->"
 
 
 def train_minutes(log: Path) -> float:
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return (training_seconds(rows) or 0.0) / 60
+    return (training_seconds(read_log(log)) or 0.0) / 60
 
 
 def published_rows(block: str) -> dict[str, str]:

@@ -384,7 +384,8 @@ def test_study_refusals(tmp_path):
 
 
 def test_a_resumed_training_counts_every_run(tmp_path):
-    """A resumed training's log restarts its clock: the cost is every run's last figure, summed."""
+    """A log whose clock restarted on resume (checkpoints from before they kept their time): the cost is every
+    run's last figure, summed; a log whose clock carried on counts its last figure once."""
     lines = [
         (10, 30.0),
         (20, 60.0),

@@ -99,11 +99,10 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
 def training_record(draft_dir: Path) -> dict:
     """A trained draft's CPU cost and final metrics, from its own ``train_log.jsonl`` (read as
     ``training.training_seconds`` does, across resumes) and ``padrec_draft.json``."""
-    from ..training import LOG_NAME, training_seconds
+    from ..training import LOG_NAME, read_log, training_seconds
 
-    lines = [json.loads(x) for x in (draft_dir / LOG_NAME).read_text().splitlines() if x.strip()]
     meta = json.loads((draft_dir / "padrec_draft.json").read_text())
-    seconds = training_seconds(lines)
+    seconds = training_seconds(read_log(draft_dir / LOG_NAME))
     return {
         "train_seconds": None if seconds is None else round(seconds, 2),
         "steps": meta["args"]["max_steps"],
