@@ -151,15 +151,17 @@ reference-ablation-bench: install reference-drafts $(REF)/assistant/model.safete
 # The position-signal study (padrec study): every group of drafts its factors need, trained and benched on the
 # test users, resumable (a done group is skipped; a killed training resumes from its checkpoint). Each dataset
 # needs its reference target first (make reference-target DATA=...). STUDY_GROUPS caps the groups run per call,
-# STUDY_ONLY names groups (padrec study plan lists them). Results: results/study/ (per-group files + report).
+# STUDY_ONLY names groups (padrec study plan lists them), STUDY_JOBS drafts train at once (one core each).
+# Results: results/study/ (per-group files + report).
 STUDY_FACTORS  ?= ablation,budget,depth,sampling,gate,target
 STUDY_DATASETS ?= Instruments,Beauty,beauty-timesplit
 STUDY_SEEDS    ?= 0,1,2
+STUDY_JOBS     ?= 1
 .PHONY: study study-plan study-report
 study: install
 	OMP_NUM_THREADS=1 $(BIN)/padrec study run --factors $(STUDY_FACTORS) --datasets $(STUDY_DATASETS) \
 		--seeds $(STUDY_SEEDS) --data-root $(SHARED) $(if $(STUDY_GROUPS),--groups $(STUDY_GROUPS)) \
-		$(if $(STUDY_ONLY),--only $(STUDY_ONLY))
+		$(if $(STUDY_ONLY),--only $(STUDY_ONLY)) --jobs $(STUDY_JOBS)
 study-plan: install
 	$(BIN)/padrec study plan --factors $(STUDY_FACTORS) --datasets $(STUDY_DATASETS) --seeds $(STUDY_SEEDS) \
 		--data-root $(SHARED)

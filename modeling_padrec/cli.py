@@ -861,6 +861,11 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--only", help="comma-separated group names (as `padrec study plan` lists them)")
             q.add_argument("--users", type=_positive, default=200, help="test users benched per group")
             q.add_argument("--device", default="cpu")
+            q.add_argument(
+                "--jobs", type=_positive, default=1,
+                help="a group's drafts trained at once, each in a process of its own with its share of the torch "
+                     "threads (the same drafts as one at a time; its distillation cache is built first)",
+            )  # fmt: skip
     q = st.add_parser("report", help="tables, intervals and plots from the per-group results")
     q.add_argument("--results", default="results/study")
     q.add_argument(
@@ -945,7 +950,7 @@ def cmd_study_run(args) -> int:
         if unknown:
             raise PadrecError(f"--only: {', '.join(unknown)} not in the plan (see `padrec study plan`)")
         groups = [g for g in groups if g.name in names]
-    settings = RunSettings(users=args.users, device=args.device, progress=sys.stderr.isatty())
+    settings = RunSettings(users=args.users, device=args.device, progress=sys.stderr.isatty(), jobs=args.jobs)
     ran = run_groups(groups, paths, settings, limit=args.groups)
     write_report(paths.results)
     print(f"study: ran {len(ran)} group(s); report -> {paths.results / 'report.md'}")

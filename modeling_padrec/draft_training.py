@@ -362,6 +362,27 @@ class Distillation:
         accelerator.wait_for_everyone()
 
 
+def prepare_distillation(
+    target_dir: str | Path,
+    data: str | Path,
+    cache_dir: str | Path,
+    *,
+    seed: int = 0,
+    max_users: int | None = None,
+    prompts_per_user: int = DraftTrainArgs.prompts_per_user,
+) -> int:
+    """Build the distillation cache in ``cache_dir`` that :func:`train_draft` reads with the same target, data,
+    seed, ``max_users`` and ``prompts_per_user`` (or find it there), so drafts trained at the same time in
+    several processes read one cache instead of each building it. Returns the number of training examples."""
+    from accelerate import Accelerator
+
+    args = DraftTrainArgs(
+        str(target_dir), str(data), str(Path(cache_dir) / "unused"), seed=seed, max_users=max_users,
+        prompts_per_user=prompts_per_user, cache_dir=str(cache_dir),
+    )  # fmt: skip
+    return len(Distillation.prepare(args, Accelerator()).examples)
+
+
 def train_draft(
     target_dir: str | Path,
     data: str | Path,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
+import torch
 from test_cli import assert_clean_error, padrec
 
 from modeling_padrec.errors import PadrecError
@@ -44,6 +45,7 @@ from modeling_padrec.study.run import (
     estimate_cpu,
     is_done,
     run_groups,
+    train_missing,
     training_record,
 )
 from modeling_padrec.study.stats import geometric_mean, new_seed_interval, ratio_of_sums, t_quantile
@@ -358,6 +360,32 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
                report["conclusion"])  # fmt: skip
     assert (paths.results / "target.png").stat().st_size > 0
     assert "| ar ms/token |" in (paths.results / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_drafts_trained_in_processes_equal_drafts_trained_in_turn(tiny_target, synthetic_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    group = Group(synthetic_dir.name, seed=1, steps=4, depth=3, variants=PAIR)
+    drafts = {}
+    for jobs in (1, 2):
+        runs = tmp_path / f"runs-{jobs}"
+        (runs / "ref" / synthetic_dir.name).mkdir(parents=True)
+        (runs / "ref" / synthetic_dir.name / "target").symlink_to(tiny_target)
+        paths = StudyPaths(runs, synthetic_dir.parent, tmp_path / "results")
+        records = train_missing(group, paths, RunSettings(users=4, draft_users=40, progress=False, jobs=jobs))
+        assert set(records) == set(PAIR) and all(
+            r["steps"] == 4 and r["train_seconds"] > 0 for r in records.values()
+        )
+        assert (paths.cache(group) / "features.safetensors").is_file()  # the seed's own cache, shared by both
+        drafts[jobs] = {v: load_file(paths.draft(group, v) / "model.safetensors") for v in PAIR}
+    for variant in PAIR:
+        in_turn, in_processes = drafts[1][variant], drafts[2][variant]
+        assert in_turn.keys() == in_processes.keys()
+        for name, tensor in in_turn.items():
+            torch.testing.assert_close(in_processes[name], tensor, msg=f"{variant}: {name}")
+    first, second = (drafts[1][v] for v in PAIR)  # and the two variants are two different drafts
+    assert any(not torch.equal(first[k], second[k]) for k in first.keys() & second.keys())
 
 
 def test_study_refusals(tmp_path):

@@ -66,6 +66,9 @@ class RunSettings:
     draft_users: int = 4000  # training users per draft (the reference drafts' recipe)
     device: str = "cpu"
     progress: bool = True  # progress bars (the study's own lines are always printed)
+    jobs: int = (
+        1  # a group's drafts trained at once, each in a process of its own with its share of the threads
+    )
 
 
 def is_done(group: Group, paths: StudyPaths) -> bool:
@@ -73,27 +76,70 @@ def is_done(group: Group, paths: StudyPaths) -> bool:
 
 
 def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dict[str, dict]:
-    """Train every draft of the group that has no model yet; returns each draft's training record."""
-    from ..draft_training import train_draft
+    """Train every draft of the group that has no model yet, ``settings.jobs`` at a time; returns each draft's
+    training record.
+
+    With several jobs the group's distillation cache is built first, then each draft trains in a spawned process
+    with ``torch.get_num_threads() // jobs`` threads: the same computation as in turn, so the same draft."""
+    from ..draft_training import prepare_distillation, train_draft
 
     target = paths.target(group)
     if not (target / "padrec_target.json").is_file():
         recipe = TARGET_RECIPES[group.target]
         raise PadrecError(f"{target}: no target; build it first (make {recipe} DATA={group.dataset})")
-    records = {}
+    data, cache = paths.data / group.dataset, paths.cache(group)
+    todo = {}
     for variant in group.variants:
         out = paths.draft(group, variant)
         if not (out / "model.safetensors").is_file():
-            _say(
-                f"study: training {out} ({group.steps} steps, depth {group.depth}, seed {group.seed})",
-            )
-            train_draft(
-                target, paths.data / group.dataset, out, depth=group.depth, max_steps=group.steps,
-                seed=group.seed, max_users=settings.draft_users, cache_dir=str(paths.cache(group)),
-                **draft_settings(variant),
+            todo[variant] = dict(
+                target_dir=target, data=data, out=out, depth=group.depth, max_steps=group.steps,
+                seed=group.seed, max_users=settings.draft_users, cache_dir=str(cache), **draft_settings(variant),
             )  # fmt: skip
-        records[variant] = training_record(out)
-    return records
+    workers = min(settings.jobs, len(todo))
+    if workers > 1:
+        _say(f"study: distillation cache {cache} (seed {group.seed}, {settings.draft_users} users)")
+        prepare_distillation(target, data, cache, seed=group.seed, max_users=settings.draft_users)
+        _train_in_processes(todo, workers, group)
+    else:
+        for kwargs in todo.values():
+            _say(_training_line(kwargs["out"], group))
+            train_draft(**kwargs)
+    return {variant: training_record(paths.draft(group, variant)) for variant in group.variants}
+
+
+def _training_line(out: Path, group: Group) -> str:
+    return f"study: training {out} ({group.steps} steps, depth {group.depth}, seed {group.seed})"
+
+
+def _train_in_processes(todo: dict[str, dict], workers: int, group: Group) -> None:
+    """``train_draft(**kwargs)`` for every draft in ``todo``, ``workers`` at a time in spawned processes (not
+    forked: a fork would inherit this process's torch thread pools). On the first failure the drafts not started
+    are cancelled; the ones training finish (or stop at their checkpoints), then the failure is raised."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    from ..draft_training import train_draft
+
+    threads = max(1, torch.get_num_threads() // workers)
+    _say(
+        f"study: {len(todo)} drafts, {workers} at a time, each in a process of its own with {threads} thread(s)"
+    )
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+        initargs=(threads,),
+    )  # fmt: skip
+    try:
+        futures = []
+        for kwargs in todo.values():
+            _say(_training_line(kwargs["out"], group))
+            futures.append(pool.submit(train_draft, **kwargs))
+        for future in futures:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def training_record(draft_dir: Path) -> dict:
