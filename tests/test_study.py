@@ -141,6 +141,23 @@ def _fake_group(seed: int, speedups: dict[str, np.ndarray]) -> GroupResult:
     return GroupResult(Group("D", seed=seed, steps=6, depth=3, variants=PAIR), {}, requests)
 
 
+def test_budget_and_depth_cells_leave_out_what_only_repeats_the_ablation():
+    from modeling_padrec.study.report import _cells
+
+    def result(dataset, steps=6, variants=tuple(VARIANTS)):
+        return GroupResult(Group(dataset, seed=0, steps=steps, depth=3, variants=variants), {}, {})
+
+    results = [
+        result("A"),  # the ablation alone: its budget and depth "cells" would be the ablation's cell again
+        result("B"),
+        result("B", steps=12, variants=PAIR),  # a second budget: B's budget factor has two levels
+        result("C", variants=PAIR),  # a pair at the base level but no ablation: its own cell
+    ]
+    assert list(_cells(results, "budget", (6, 3))) == [("B", "ref", 6), ("B", "ref", 12), ("C", "ref", 6)]
+    assert list(_cells(results, "depth", (6, 3))) == [("C", "ref", 3)]
+    assert list(_cells(results, "ablation", (6, 3))) == [("A", "ref"), ("B", "ref")]
+
+
 def test_leave_one_seed_out():
     rng = np.random.default_rng(3)
     noise = lambda: np.exp(rng.normal(0, 0.01, 60))  # noqa: E731

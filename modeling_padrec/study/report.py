@@ -99,6 +99,15 @@ def _cells(results: list[GroupResult], factor: str, base: tuple[int, int]) -> di
         for dataset, target, steps in cells:
             targets.setdefault((dataset, steps), set()).add(target)
         cells = {k: v for k, v in cells.items() if len(targets[(k[0], k[2])]) > 1}
+    if factor in ("budget", "depth"):  # a dataset run at the base level alone is the ablation's cell again
+        levels: dict[tuple, set] = {}
+        for dataset, target, level in cells:
+            levels.setdefault((dataset, target), set()).add(level)
+        cells = {
+            k: v
+            for k, v in cells.items()
+            if len(levels[k[:2]]) > 1 or not all("ablation" in member_of(r.group, *base) for r in v)
+        }
     return dict(sorted(cells.items()))
 
 
