@@ -394,7 +394,7 @@ def test_drafts_trained_in_processes_equal_drafts_trained_in_turn(tiny_target, s
         assert set(records) == set(PAIR) and all(
             r["steps"] == 4 and r["train_seconds"] > 0 for r in records.values()
         )
-        assert (paths.cache(group) / "features.safetensors").is_file()  # the seed's own cache, shared by both
+        assert (paths.cache(group) / "features.safetensors").is_file()  # one cache, both drafts
         drafts[jobs] = {v: load_file(paths.draft(group, v) / "model.safetensors") for v in PAIR}
     for variant in PAIR:
         in_turn, in_processes = drafts[1][variant], drafts[2][variant]

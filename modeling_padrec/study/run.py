@@ -66,9 +66,7 @@ class RunSettings:
     draft_users: int = 4000  # training users per draft (the reference drafts' recipe)
     device: str = "cpu"
     progress: bool = True  # progress bars (the study's own lines are always printed)
-    jobs: int = (
-        1  # a group's drafts trained at once, each in a process of its own with its share of the threads
-    )
+    jobs: int = 1  # a group's drafts trained at once, each in a process of its own
 
 
 def is_done(group: Group, paths: StudyPaths) -> bool:
