@@ -12,6 +12,7 @@ when the folder has been moved.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -211,6 +212,19 @@ class Target:
             self.meta.catalog, dataset.index, f"target {self.path}", str(dataset.path)
         )
         return tm
+
+
+def weights_digest(folder: str | Path) -> str:
+    """A short hash of every ``.safetensors`` file under a target folder (the adapter and a preset base): two
+    trainings of a target are the same instance only if it is equal."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*.safetensors")):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def resolve_folder(path: str | Path, error: type[Exception], what: str) -> Path:

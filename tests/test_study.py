@@ -14,6 +14,7 @@ import torch
 from test_cli import assert_clean_error, padrec
 
 from modeling_padrec.errors import PadrecError
+from modeling_padrec.study.instances import pooled_over_trainings, target_instances
 from modeling_padrec.study.plan import (
     BUDGETS,
     GATE_VARIANTS,
@@ -214,8 +215,74 @@ def test_leave_one_seed_out():
     assert tally["others"]["vs_no_position"][1] == 3 and tally["new_seed"]["vs_no_position"][0] <= 2
 
 
+def test_groups_are_told_apart_by_the_training_of_their_target():
+    def result(dataset, seed, forwards, weights=None, temperature=0.0):
+        requests = {"ar-jf": {f"u{k}": {"target_forwards": n} for k, n in enumerate(forwards)}}
+        summary = {"target": {"weights": weights}} if weights else {}
+        group = Group(dataset, seed=seed, steps=6, depth=3, variants=PAIR, temperature=temperature)
+        return GroupResult(group, summary, requests)
+
+    results = [
+        result("A", 0, [5, 6, 7]),  # recorded nothing: known by its greedy lists' forwards
+        result("A", 1, [5, 6, 7]),  # the same lists: the same training
+        result("A", 2, [5, 6, 7], weights="w1"),  # recorded its weights, and has the same lists: the same
+        result("A", 3, [5, 6, 7], weights="w2"),  # other weights are another training, whatever the lists
+        result("A", 4, [5, 6, 8]),  # recorded nothing, and one user's list differs: another training
+        result("A", 5, [9, 9, 9], temperature=1.0),  # sampled, recorded nothing: not identified
+        result("B", 0, [5, 6, 7], weights="w1"),  # another dataset: its own target
+        result("B", 1, [4, 4, 4], weights="w1"),  # same weights, whatever its lists (here not greedy-equal)
+    ]
+    found = target_instances(results)
+    assert [(i["weights"], i["identified"], i["seeds"]) for i in found["A/ref"]] == [
+        ("w1", True, [0, 1, 2]),
+        ("w2", True, [3]),
+        (None, True, [4]),
+        (None, False, [5]),
+    ]
+    assert [(i["weights"], i["seeds"]) for i in found["B/ref"]] == [("w1", [0, 1])]
+    (line,) = pooled_over_trainings(found)  # B benched one training; A's unidentified group is not counted
+    assert line.startswith("A/ref: the groups benched 3 trainings") and "seed(s) 4 on an unrecorded" in line
+
+
+def test_a_group_benched_on_a_retrained_target_is_said_so(tmp_path, capsys):
+    from modeling_padrec.study.run import _say_other_trainings
+    from modeling_padrec.target import weights_digest
+
+    paths = StudyPaths(tmp_path / "runs", tmp_path / "data", tmp_path / "results")
+    group = Group("D", seed=1, steps=6, depth=3, variants=PAIR)
+    target = paths.target(group)
+    (target / "base").mkdir(parents=True)
+    (target / "padrec_target.json").write_text("{}")
+    (target / "adapter_model.safetensors").write_bytes(b"adapter")
+    (target / "base" / "model.safetensors").write_bytes(b"base")
+    ours = weights_digest(target)
+    (target / "base" / "model.safetensors").write_bytes(b"base, trained again")
+    assert weights_digest(target) != ours  # every weights file counts, the base's too
+
+    def done(name, dataset, weights):
+        folder = paths.results / "groups" / name
+        folder.mkdir(parents=True)
+        record = {
+            "group": {"name": name, "dataset": dataset, "target": "ref"},
+            "target": {"weights": weights},
+        }
+        (folder / "group.json").write_text(json.dumps(record))
+
+    done("D-seed0", "D", ours)
+    done("E-seed0", "E", "elsewhere")  # another dataset's target is not ours
+    _say_other_trainings(group, paths)
+    err = capsys.readouterr().err
+    assert f"(weights {weights_digest(target)}) is not the training D-seed0 benched (weights {ours})" in err
+    assert "E-seed0" not in err
+    (target / "base" / "model.safetensors").write_bytes(b"base")  # the same training again: nothing to say
+    _say_other_trainings(group, paths)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.slow
 def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synthetic_dir, tmp_path):
+    from modeling_padrec.target import weights_digest
+
     runs = tmp_path / "runs"
     (runs / "ref" / synthetic_dir.name).mkdir(parents=True)
     (runs / "ref" / synthetic_dir.name / "target").symlink_to(tiny_target)
@@ -226,6 +293,9 @@ def test_a_group_is_trained_benched_reported_and_not_run_twice(tiny_target, synt
     folder = paths.group_dir(group)
     summary = json.loads((folder / "group.json").read_text())
     assert summary["group"]["name"] == group.name
+    assert summary["target"]["weights"] == weights_digest(
+        tiny_target
+    )  # which training of the target it benched
     assert set(summary["drafts"]) == set(PAIR)
     assert (
         len(summary["bench"]["config"]["drafts"]) == 2

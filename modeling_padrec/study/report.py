@@ -5,6 +5,7 @@ For every factor and cell (the seeds of one setting pooled): each variant's spee
 same requests (> 1: the variant is faster), tokens per target forward (τ), and the draft's acceptance by step
 and by item slot; every figure with a 95% interval from :mod:`.stats`. The target factor's cells also carry the
 target's cost (``ar`` milliseconds per token) and its quality against MostPop, where its evaluation is published.
+Which training of its target each group benched is listed too (:mod:`.instances`).
 Writes ``report.md``, ``report.json`` and one plot per factor; the conclusion lines are read off the intervals.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .instances import instances_markdown, pooled_over_trainings, target_instances
 from .plan import BASE_DEPTH, BASE_STEPS, FACTORS, UNGATED, VARIANTS, Group, member_of
 from .stats import Estimate, geometric_mean, new_seed_interval, ratio_of_sums, squares
 
@@ -326,7 +328,8 @@ def build_report(results_dir: Path, base_steps: int = BASE_STEPS, base_depth: in
                 "sd_log": round(math.sqrt(ss / df), 4),
                 "df": df,
             }
-    report["conclusion"] = conclusion(report)
+    report["targets"] = target_instances(results)
+    report["conclusion"] = conclusion(report) + pooled_over_trainings(report["targets"])
     return report
 
 
@@ -475,6 +478,7 @@ def report_markdown(report: dict) -> str:
                 per_seed = ", ".join(f"seed {k}: {_fmt(e)}" for k, e in seeds.items())
                 lines.append(f"- {factor} {where} {variant}: {per_seed} ms")
     lines += ["", *_new_seed_markdown(report)]
+    lines += ["", *instances_markdown(report["targets"])]
     lines += ["", "## What the intervals say", ""]
     lines += [f"- {line}" for line in report["conclusion"]] or ["- Nothing yet: no comparison has been run."]
     lines += ["", "Regenerate: `padrec study report`. Rerun one group: see `padrec study run --help`.", ""]

@@ -1,11 +1,11 @@
 """Run the study's groups, resumably: train each missing draft, bench the group, keep the per-request results.
 
 A group's results are a folder ``<results>/groups/<group name>/`` written whole or not at all (staged, then moved
-into place): ``group.json`` (the group, the bench settings, the hardware, every draft's training time and final
-metrics, the bench's wall time) and ``requests.jsonl`` (one line per method and request: latency, target
-forwards, tokens, draft time and steps, and the draft's acceptance by step and by item slot). A group whose
-folder exists is done; a draft whose folder holds a model is trained; a draft training that was killed resumes
-from its last checkpoint. So ``padrec study run`` can be stopped at any time and run again.
+into place): ``group.json`` (the group, the bench settings, the hardware, the target's path and weights digest,
+every draft's training time and final metrics, the bench's wall time) and ``requests.jsonl`` (one line per method
+and request: latency, target forwards, tokens, draft time and steps, and the draft's acceptance by step and by
+item slot). A group whose folder exists is done; a draft whose folder holds a model is trained; a draft training
+that was killed resumes from its last checkpoint. So ``padrec study run`` can be stopped at any time and run again.
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ def bench_group(group: Group, paths: StudyPaths, settings: RunSettings, records:
     interleaved; write the group's results folder."""
     from ..bench import BenchConfig, TreeSpec, acceptance_counts, bench_run
     from ..fileio import staged_dir
+    from ..target import weights_digest
 
     drafts = [f"{v}={paths.draft(group, v)}" for v in group.variants]
     only = ["ar-jf", *group.variants, *(f"tree:{v}" for v in group.variants)]
@@ -180,6 +181,7 @@ def bench_group(group: Group, paths: StudyPaths, settings: RunSettings, records:
                 "wall_s": report["wall_s"], "config": report["config"],
             },
             "hardware": report["hardware"],
+            "target": {"path": str(paths.target(group)), "weights": weights_digest(paths.target(group))},
             "drafts": records,
             "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }  # fmt: skip
@@ -209,11 +211,34 @@ def run_groups(
         if is_done(group, paths):
             continue
         t0 = time.time()
+        _say_other_trainings(group, paths)
         records = train_missing(group, paths, settings)
         bench_group(group, paths, settings, records)
         _say(f"study: {group.name} done in {time.time() - t0:.0f} s -> {paths.group_dir(group)}")
         ran.append(group)
     return ran
+
+
+def _say_other_trainings(group: Group, paths: StudyPaths) -> None:
+    """A line when the done groups of this dataset and target recorded other target weights than the target in
+    ``runs`` has now (it was trained again): the new group's seed then pools with theirs over two trainings."""
+    from ..target import weights_digest
+
+    target = paths.target(group)
+    if not (target / "padrec_target.json").is_file():
+        return  # train_missing says how to build it
+    ours, others = weights_digest(target), {}
+    for summary_path in sorted((paths.results / "groups").glob("*/group.json")):
+        summary = json.loads(summary_path.read_text())
+        done = summary["group"]
+        weights = (summary.get("target") or {}).get("weights")
+        if (done["dataset"], done["target"]) == (group.dataset, group.target) and weights not in (None, ours):
+            others.setdefault(weights, []).append(done["name"])
+    for weights, names in others.items():
+        _say(
+            f"study: note: {target} (weights {ours}) is not the training {', '.join(names)} benched (weights "
+            f"{weights}); the report will pool {group.name}'s seed with theirs over both"
+        )
 
 
 def estimate_cpu(groups: list[Group], paths: StudyPaths) -> dict | None:
