@@ -132,6 +132,7 @@ def train_assistant(
     if accelerator.is_main_process:
         meta = {
             "args": asdict(args),
+            "target_weights": run.target_weights,
             "examples": len(run.examples),
             "final": final,
             "token_map_fingerprint": tm.fingerprint(),

@@ -265,14 +265,23 @@ def draft_loss(
 
 
 def distillation_examples(
-    recommender, target_dir, data, work: Path, max_users, prompts_per_user: int, seed: int, accelerator
+    recommender,
+    target_dir,
+    data,
+    work: Path,
+    max_users,
+    prompts_per_user: int,
+    seed: int,
+    accelerator,
+    target_weights: str,
 ) -> DraftExamples:
     """The target's lists and features for training prompts, cached in the folder ``work`` (reused while the
-    target, data, token layout and sampling settings are unchanged). Shared by the draft and the small-LM
-    assistant."""
+    target and its weights, the data, token layout and sampling settings are unchanged: a target trained again
+    in the same folder gets a cache of its own). Shared by the draft and the small-LM assistant."""
     work.mkdir(parents=True, exist_ok=True)
     fingerprint = {
         **run_settings({"target": str(target_dir), "data": str(data)}),
+        "target_weights": target_weights,
         "token_map": recommender.token_map.fingerprint(),
         "max_users": max_users,
         "prompts_per_user": prompts_per_user,
@@ -295,13 +304,15 @@ def distillation_examples(
 class Distillation:
     """What every model distilled from a target's own lists starts from (the PAD-Rec draft and the small-LM
     assistant): the loaded target and its recommender, the cached lists and features, and the work folder
-    ``<out>.work`` holding checkpoints and the training log."""
+    ``<out>.work`` holding checkpoints and the training log; ``target_weights``: the target's
+    :func:`~modeling_padrec.target.weights_digest`, which the cache, the checkpoints and the saved model record."""
 
     target: object
     recommender: object
     examples: DraftExamples
     out: Path
     work: Path
+    target_weights: str
 
     @classmethod
     def prepare(cls, args, accelerator) -> Distillation:
@@ -311,19 +322,20 @@ class Distillation:
 
         from .data import load_dataset
         from .decoding import Recommender
-        from .target import load_target
+        from .target import load_target, weights_digest
 
         set_seed(args.seed)
         target = load_target(args.target_dir, device=accelerator.device)
+        weights = weights_digest(target.path)
         recommender = Recommender(target, load_dataset(args.data))
         out = Path(args.out).absolute()
         work = out.with_name(f"{out.name}.work")
         cache = Path(args.cache_dir) if args.cache_dir else work
         examples = distillation_examples(
             recommender, args.target_dir, args.data, cache, args.max_users, args.prompts_per_user, args.seed,
-            accelerator,
+            accelerator, weights,
         )  # fmt: skip
-        return cls(target, recommender, examples, out, work)
+        return cls(target, recommender, examples, out, work, weights)
 
     def train(self, model, name: str, args, loss, accelerator):
         """Run ``loss(model, batch) -> (loss, metrics)`` for ``args.max_steps`` steps on the lists; returns the
@@ -350,7 +362,10 @@ class Distillation:
             accelerator=accelerator,
             work_dir=self.work,
             seed=args.seed,
-            run_fingerprint=run_settings(asdict(args), drop=("out", "save_every", "cache_dir")),
+            run_fingerprint={
+                **run_settings(asdict(args), drop=("out", "save_every", "cache_dir")),
+                "target_weights": self.target_weights,  # a checkpoint from another training is not resumed
+            },
             loss_fn=loss_fn,
         )
         return model, final
@@ -401,7 +416,7 @@ def train_draft(
     ``options``: the other fields of :class:`DraftTrainArgs` (batch_size, lr, max_users, prompts_per_user,
     feature_weight, token_weight, save_every, cache_dir, step_gate). Both position signals off gives the EAGLE-style baseline,
     trained by the same recipe. ``out`` gets the Hub-loadable draft (remote code included), ``padrec_draft.json``
-    (the arguments and final metrics) and ``train_log.jsonl``. Returns ``out`` as an absolute path.
+    (the arguments, the target's weights digest and final metrics) and ``train_log.jsonl``. Returns ``out`` as an absolute path.
     """
     from accelerate import Accelerator
 
@@ -436,7 +451,12 @@ def train_draft(
         accelerator,
     )
     if accelerator.is_main_process:
-        meta = {"args": asdict(args), "examples": len(run.examples), "final": final}
+        meta = {
+            "args": asdict(args),
+            "target_weights": run.target_weights,
+            "examples": len(run.examples),
+            "final": final,
+        }
         _save_draft(draft.eval(), run.out, meta, run.work / LOG_NAME)
     run.finish(accelerator)
     return run.out

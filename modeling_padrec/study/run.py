@@ -89,7 +89,9 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
     todo = {}
     for variant in group.variants:
         out = paths.draft(group, variant)
-        if not (out / "model.safetensors").is_file():
+        if (out / "model.safetensors").is_file():
+            _check_distilled_from(out, target)
+        else:
             todo[variant] = dict(
                 target_dir=target, data=data, out=out, depth=group.depth, max_steps=group.steps,
                 seed=group.seed, max_users=settings.draft_users, cache_dir=str(cache), **draft_settings(variant),
@@ -104,6 +106,20 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
             _say(_training_line(kwargs["out"], group))
             train_draft(**kwargs)
     return {variant: training_record(paths.draft(group, variant)) for variant in group.variants}
+
+
+def _check_distilled_from(draft: Path, target: Path) -> None:
+    """Refuse a trained draft distilled from another training of the target than the one in ``runs`` now (a
+    draft written before drafts recorded their target's weights is taken as it is)."""
+    from ..draft_training import META_NAME
+    from ..target import weights_digest
+
+    recorded = json.loads((draft / META_NAME).read_text()).get("target_weights")
+    if recorded and recorded != (ours := weights_digest(target)):
+        raise PadrecError(
+            f"{draft}: distilled from another training of {target} (weights {recorded}; the target's are now "
+            f"{ours}); delete the draft folder to train it again from this target"
+        )
 
 
 def _training_line(out: Path, group: Group) -> str:
