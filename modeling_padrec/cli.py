@@ -263,6 +263,7 @@ def _recommend_all(args) -> int:
     from accelerate import Accelerator
 
     from .jobs import run_job
+    from .target import weights_digest
 
     if not args.out:
         raise PadrecError("--all writes one line per user to a file: give --out FILE.jsonl")
@@ -288,8 +289,8 @@ def _recommend_all(args) -> int:
 
         draft = load_draft(args.draft, rec.token_map, device=rec.device, dataset=rec.dataset)
     engine = rec.engine(draft, args.depth)
-    manifest = {"target": str(args.target), "draft": args.draft, "data": str(args.data), "split": args.split,
-                "list_len": rec.list_len, "depth": engine.depth}  # fmt: skip
+    manifest = {"target": str(args.target), "target_weights": weights_digest(rec.target.path), "draft": args.draft,
+                "data": str(args.data), "split": args.split, "list_len": rec.list_len, "depth": engine.depth}  # fmt: skip
     batch = args.batch_size or 16
     result = run_job(rec, users, args.split, args.out, engine, batch, manifest, accelerator)
     if accelerator.is_main_process:
@@ -308,6 +309,7 @@ def cmd_evaluate(args) -> int:
 
     from .evaluate import evaluate_lists
     from .hardware import hardware_info
+    from .target import weights_digest
 
     if args.lists:
         return _evaluate_job(args)
@@ -324,7 +326,8 @@ def cmd_evaluate(args) -> int:
     with tqdm(total=len(users), desc="evaluate", disable=not sys.stderr.isatty()) as bar:
         lists = rec.recommend_batch(users, args.split, batch_size=args.batch_size or 32, progress=bar)
     report = evaluate_lists(lists, rec.dataset, args.split, rec.list_len)
-    report.update(target=str(args.target), data=str(args.data), hardware=hardware_info(_device(args.device)))
+    report.update(target=str(args.target), target_weights=weights_digest(rec.target.path), data=str(args.data),
+                  hardware=hardware_info(_device(args.device)))  # fmt: skip
     return _print_eval(args, report)
 
 
@@ -358,7 +361,8 @@ def _evaluate_job(args) -> int:
     dataset = load_dataset(args.data)
     manifest, lists = read_job(Path(args.lists), Path(args.data), dataset.eval_users(args.split), args.split)
     report = evaluate_lists(lists, dataset, args.split, manifest["list_len"])
-    report.update(target=manifest["target"], data=str(args.data), lists=str(args.lists), job=manifest)
+    report.update(target=manifest["target"], target_weights=manifest.get("target_weights"), data=str(args.data),
+                  lists=str(args.lists), job=manifest)  # fmt: skip
     return _print_eval(args, report)
 
 

@@ -15,6 +15,7 @@ import pytest
 from test_cli import assert_clean_error, padrec
 
 from modeling_padrec.data import load_dataset
+from modeling_padrec.target import weights_digest
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +116,8 @@ def test_evaluate_reads_a_finished_job(tiny_target, synthetic_dir, trained_draft
                "complete_list_rate", "distinct_items", "distinct_first_items", "mostpop")  # fmt: skip
     assert {k: a[k] for k in metrics} == {k: b[k] for k in metrics} and a["users"] == 12
     assert a["target"] == str(tiny_target) and a["job"]["draft"] == str(trained_draft)
+    # both say which training of the target they evaluated
+    assert a["target_weights"] == b["target_weights"] == weights_digest(tiny_target)
     # refused: decoding flags, another split, an unfinished job, a file that is not a job, another dataset
     base = ("evaluate", "--lists", out, "--data", synthetic_dir)
     assert_clean_error(padrec(*base, "--users", 3), "--users", str(out))
