@@ -222,7 +222,7 @@ def export(
     caller removes). ``study``: the position-signal study's ``report.json``, cited in the draft's card. Returns
     the plan and the folder."""
     from .draft import load_draft
-    from .target import load_target
+    from .target import load_target, weights_digest
 
     draft_dir, target_dir = Path(draft_dir), Path(target_dir)
     check_repo_id(repo_id, "--repo-id")
@@ -241,6 +241,13 @@ def export(
         raise ExportError(
             f"--draft {draft_dir}: trained on catalog {(config.catalog or {}).get('fingerprint', '(unrecorded)')}, "
             f"the target {target_dir} on {(target.meta.catalog or {}).get('fingerprint', '(unrecorded)')}"
+        )
+    draft_meta = _read_json(draft_dir / "padrec_draft.json")
+    distilled_from = draft_meta.get("target_weights")
+    if distilled_from and distilled_from != (weights := weights_digest(target.path)):
+        raise ExportError(
+            f"--draft {draft_dir}: distilled from another training of the target (weights {distilled_from}), "
+            f"not from {target_dir} (weights {weights})"
         )
     report = method = depth = None
     if bench is not None:
@@ -274,7 +281,6 @@ def export(
         )
     plan = ExportPlan(repos, str(bench) if bench else None,
                       {"draft": str(draft_dir.absolute()), "target": str(target_dir.absolute())})  # fmt: skip
-    draft_meta = _read_json(draft_dir / "padrec_draft.json")
     levels = target.meta.levels
     snippet = usage_snippet(repo_id, target_repo_id, example_prompt(target, data))
     evaluation = evaluation_markdown(report, method, str(bench) if bench else None)
@@ -387,7 +393,8 @@ def _write_draft(folder, draft_dir, config, meta, common, repo_id, target_repo_i
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     args = meta.get("args", {})
     training = {
-        "target": f"`{target_repo_id}`",
+        "target": f"`{target_repo_id}`"
+        + (f" (weights digest `{meta['target_weights']}`)" if meta.get("target_weights") else ""),
         "dataset": f"`{dataset}` (training split only)",
         "unrolled draft steps in training (K)": config.max_draft_steps,
         "tokens drafted per round (generation_config.json)": depth,

@@ -218,6 +218,22 @@ def test_bad_inputs_are_one_line_and_leave_out_untouched(
     assert (out / "keep.txt").read_text() == "old"
 
 
+def test_a_draft_distilled_from_another_training_of_the_target_is_refused(tmp_path, tiny_target, draft_dir):
+    from modeling_padrec.target import weights_digest
+
+    draft = tmp_path / "draft"
+    shutil.copytree(draft_dir, draft)
+    (draft / "padrec_draft.json").write_text(json.dumps({"target_weights": weights_digest(tiny_target)}))
+    _, folder = export(draft, tiny_target, REPO, tmp_path / "out")  # its own training: the card names it
+    assert f"(weights digest `{weights_digest(tiny_target)}`)" in (folder / "draft" / "README.md").read_text()
+    (draft / "padrec_draft.json").write_text(json.dumps({"target_weights": "0123456789abcdef"}))
+    with pytest.raises(
+        ExportError, match="distilled from another training of the target .weights 0123456789abcdef"
+    ):
+        export(draft, tiny_target, REPO, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny_target, draft_dir, capsys):
     out = tmp_path / "out"
     code = main(["export", "--draft", str(draft_dir), "--target", str(tiny_target), "--repo-id", REPO,
