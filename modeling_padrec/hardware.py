@@ -1,4 +1,5 @@
-"""What a figure was measured on: every report carries this object."""
+"""What a figure was measured on, or a target trained on: every report, and every target's training record,
+carries this object."""
 
 from __future__ import annotations
 
@@ -17,16 +18,39 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str | None:
+    """The widest x86 vector extension the CPU reports (two "AMD EPYC" machines may differ here, and torch's CPU
+    kernels, hence the last bits of a float, follow it); None where /proc/cpuinfo says none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return next((isa for isa in ("avx512f", "avx2", "avx") if isa in flags), None)
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def hardware_info(device: str = "cpu") -> dict:
     import torch
     import transformers
 
     info = {
         "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "peft": _version("peft"),
+        "accelerate": _version("accelerate"),
         "device": str(device),
         "python": platform.python_version(),
     }

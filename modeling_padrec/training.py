@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .catalog import catalog_record
 from .errors import DataError, PadrecError
 from .fileio import staged_dir
+from .hardware import hardware_info
 
 LOG_NAME = "train_log.jsonl"
 
@@ -430,6 +431,7 @@ def train_target(args: TargetTrainArgs, accelerator=None) -> Path:
                 "pretrain_steps": pre_steps,
                 "lora_steps": lora_steps,
                 "processes": accelerator.num_processes,
+                "environment": hardware_info(str(accelerator.device)),  # a retraining elsewhere may differ
             },
         )
         save_target(

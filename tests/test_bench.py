@@ -100,7 +100,8 @@ def test_report_has_every_method_and_key_and_is_lossless(bench_out):
     for name in ENGINE_DRAFTS:  # a draft never needs fewer forwards than a perfect one
         assert methods[name]["target_forwards_mean"] >= methods[name]["perfect_draft_forwards_mean"] > 0
     hw = report["hardware"]
-    assert {"cpu", "torch_threads", "torch", "transformers", "device"} <= set(hw)
+    wanted = {"cpu", "cpu_isa", "torch_threads", "torch", "transformers", "peft", "accelerate", "device"}
+    assert wanted <= set(hw)
     cfg = report["config"]  # paths relative to where the bench ran, never machine-local absolute ones
     for path in [cfg["target"], cfg["data"], *cfg["drafts"]]:
         assert not path.startswith("/") and (Path.cwd() / path).exists(), path

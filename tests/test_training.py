@@ -158,6 +158,10 @@ def test_lr_schedule():
 
 
 def test_train_log(tiny_target):
+    environment = json.loads((tiny_target / "padrec_target.json").read_text())["train"]["environment"]
+    wanted = {"cpu", "cpu_isa", "torch", "transformers", "peft", "accelerate", "torch_threads"}
+    assert wanted <= set(environment)
+    assert environment["peft"] and environment["accelerate"]  # installed: their versions, not None
     rows = [json.loads(line) for line in (tiny_target / LOG_NAME).read_text().splitlines()]
     for stage in ("pretrain", "lora"):
         mine = [r for r in rows if r["stage"] == stage]
