@@ -2,11 +2,13 @@
 
 A target trained again (on a fresh machine, say) need not come out the same, and a dataset's seeds pooled over
 two trainings of its target measure the drafts on two targets. Groups record their target's weights
-(:func:`~modeling_padrec.target.weights_digest`) since 2026-12-02; for earlier groups the greedy ``ar-jf`` run is
-the fingerprint: one target, greedy and constrained, makes the same lists, hence the same number of target
-forwards for each user, so a group whose counts match another's on every user they share benched that group's
-target. Two groups are put together when their weights are equal, or, where one of them did not record them,
-when their greedy counts match; a sampled group that recorded nothing stays on its own, unidentified.
+(:func:`~modeling_padrec.target.weights_digest`, ``group.json``'s ``target.weights``); for groups that did not,
+the greedy ``ar-jf`` run is the fingerprint: one target, greedy and constrained, makes the same lists, hence the
+same number of target forwards for each user, so a group whose counts match another's on every user they share is
+taken to have benched that group's target (two trainings whose lists cost the same forwards for every one of 200
+users would be taken for one). Two groups are put together when their weights are equal, or, where one of them
+did not record them, when their greedy counts match; a sampled group that recorded nothing stays on its own,
+unidentified.
 """
 
 from __future__ import annotations
@@ -87,9 +89,9 @@ def instances_markdown(instances: dict[str, list[dict]]) -> list[str]:
     lines = [
         "## The targets benched",
         "",
-        "Which training of its target each group benched (`modeling_padrec/study/instances.py`): groups written "
-        "since 2026-12-02 record the target's weights; earlier greedy groups are matched by their `ar-jf` target "
-        "forwards, user by user.",
+        "Which training of its target each group benched (`modeling_padrec/study/instances.py`): by the target's "
+        "weights where the group recorded them; otherwise, for greedy groups, by their `ar-jf` target forwards, "
+        "user by user.",
         "",
     ]
     for key, found in instances.items():
