@@ -7,25 +7,23 @@ import os
 import platform
 
 
-def cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of /proc/cpuinfo; None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(field)), None)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_isa() -> str | None:
     """The widest x86 vector extension the CPU reports (two "AMD EPYC" machines may differ here, and torch's CPU
     kernels, hence the last bits of a float, follow it); None where /proc/cpuinfo says none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return None
+    flags = (_cpuinfo("flags") or "").split()
     return next((isa for isa in ("avx512f", "avx2", "avx") if isa in flags), None)
 
 

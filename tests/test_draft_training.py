@@ -41,7 +41,7 @@ def test_a_target_trained_again_gets_its_own_cache_and_its_drafts_say_which(
     train_draft(target, synthetic_dir, tmp_path / "a", **options)
     first, built = weights_digest(target), (cache / FEATURES_NAME).stat().st_mtime_ns
     assert json.loads((tmp_path / "a" / META_NAME).read_text())["target_weights"] == first
-    _check_distilled_from(tmp_path / "a", target)  # the training it was distilled from: accepted
+    _check_distilled_from(tmp_path / "a", target, first)  # the training it was distilled from: accepted
 
     adapter = target / "adapter_model.safetensors"  # the same folder, other weights: "trained again"
     weights = load_file(adapter)
@@ -55,4 +55,4 @@ def test_a_target_trained_again_gets_its_own_cache_and_its_drafts_say_which(
     with pytest.raises(
         PadrecError, match=f"distilled from another training .*weights {first}.*delete the draft"
     ):
-        _check_distilled_from(tmp_path / "a", target)
+        _check_distilled_from(tmp_path / "a", target, weights_digest(target))

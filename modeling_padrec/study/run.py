@@ -80,17 +80,18 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
     With several jobs the group's distillation cache is built first, then each draft trains in a spawned process
     with ``torch.get_num_threads() // jobs`` threads: the same computation as in turn, so the same draft."""
     from ..draft_training import prepare_distillation, train_draft
+    from ..target import weights_digest
 
     target = paths.target(group)
     if not (target / "padrec_target.json").is_file():
         recipe = TARGET_RECIPES[group.target]
         raise PadrecError(f"{target}: no target; build it first (make {recipe} DATA={group.dataset})")
     data, cache = paths.data / group.dataset, paths.cache(group)
-    todo = {}
+    weights, todo = weights_digest(target), {}
     for variant in group.variants:
         out = paths.draft(group, variant)
         if (out / "model.safetensors").is_file():
-            _check_distilled_from(out, target)
+            _check_distilled_from(out, target, weights)
         else:
             todo[variant] = dict(
                 target_dir=target, data=data, out=out, depth=group.depth, max_steps=group.steps,
@@ -108,17 +109,17 @@ def train_missing(group: Group, paths: StudyPaths, settings: RunSettings) -> dic
     return {variant: training_record(paths.draft(group, variant)) for variant in group.variants}
 
 
-def _check_distilled_from(draft: Path, target: Path) -> None:
-    """Refuse a trained draft distilled from another training of the target than the one in ``runs`` now (a
-    draft written before drafts recorded their target's weights is taken as it is)."""
+def _check_distilled_from(draft: Path, target: Path, weights: str) -> None:
+    """Refuse a trained draft distilled from another training of the target than the one in ``runs`` now, whose
+    weights digest is ``weights`` (a draft written before drafts recorded their target's weights is taken as it
+    is)."""
     from ..draft_training import META_NAME
-    from ..target import weights_digest
 
     recorded = json.loads((draft / META_NAME).read_text()).get("target_weights")
-    if recorded and recorded != (ours := weights_digest(target)):
+    if recorded and recorded != weights:
         raise PadrecError(
             f"{draft}: distilled from another training of {target} (weights {recorded}; the target's are now "
-            f"{ours}); delete the draft folder to train it again from this target"
+            f"{weights}); delete the draft folder to train it again from this target"
         )
 
 
