@@ -214,17 +214,33 @@ class Target:
         return tm
 
 
+# weights_digest's results in this process, keyed by each file's path, size, inode and modification time: a
+# study group asks for its target's digest several times, and an LLM-size target takes seconds to hash.
+_DIGESTS: dict[tuple, str] = {}
+
+
 def weights_digest(folder: str | Path) -> str:
     """A short hash of every ``.safetensors`` file under a target folder (the adapter and a preset base): two
-    trainings of a target are the same instance only if it is equal."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*.safetensors")):
-        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    trainings of a target are the same instance only if it is equal. Hashed once per process while the files
+    stay as they are (a rewritten file has another modification time, so it is hashed again)."""
+    folder = Path(folder).resolve()
+    files = sorted(folder.rglob("*.safetensors"))
+    stats = tuple((p.relative_to(folder).as_posix(), *_identity(p)) for p in files)
+    key = (str(folder), stats)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for path, (name, *_) in zip(files, stats, strict=True):
+            h.update(name.encode() + b"\0")
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_ino, st.st_mtime_ns
 
 
 def resolve_folder(path: str | Path, error: type[Exception], what: str) -> Path:

@@ -232,3 +232,34 @@ def test_hub_base_with_tied_embeddings(tmp_path, synthetic_dir):
         )
     )
     assert load_target(out).model.get_base_model().config.tie_word_embeddings
+
+
+def test_weights_digest_hashes_once_per_process_until_a_file_changes(tmp_path, monkeypatch):
+    import modeling_padrec.target as target_module
+
+    folder = tmp_path / "t"
+    (folder / "base").mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"adapter")
+    (folder / "base" / "model.safetensors").write_bytes(b"base")
+    hashed = []
+    real = target_module.hashlib.sha256
+
+    def counting():
+        hashed.append(1)
+        return real()
+
+    monkeypatch.setattr(target_module.hashlib, "sha256", counting)
+    first = target_module.weights_digest(folder)
+    assert target_module.weights_digest(folder) == first
+    assert target_module.weights_digest(str(folder) + "/") == first
+    assert len(hashed) == 1
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    assert target_module.weights_digest(copy) == first  # the same bytes under the same names
+    (copy / "base" / "model.safetensors").rename(copy / "base" / "other.safetensors")
+    assert target_module.weights_digest(copy) != first  # a file's name is part of what is hashed
+
+    (folder / "adapter_model.safetensors").write_bytes(b"adapteR")  # another training, same size, same file
+    os.utime(folder / "adapter_model.safetensors", ns=(1, 1))  # even one with an old modification time
+    assert target_module.weights_digest(folder) != first
