@@ -212,12 +212,15 @@ def build_methods(
 class TreeSpec:
     """Draft trees in the bench: ``budget`` choice nodes per tree, or ``"auto"`` (chosen per draft by a
     calibration on ``calibration_users`` validation users), ``width`` children per choice point, at most
-    ``depth`` choices on a path."""
+    ``depth`` choices on a path, nodes valued by ``rank``: ``"draft"`` (its log-probabilities), ``"acceptance"``
+    (the acceptance curve the calibration fits) or ``"auto"`` (with ``budget="auto"``, the calibration's choice;
+    with a fixed budget, the draft)."""
 
     budget: int | str = "auto"
     width: int = 3
     depth: int = 10
     calibration_users: int = 16
+    rank: str = "auto"
     progress: bool = False
 
     @classmethod
@@ -227,11 +230,11 @@ class TreeSpec:
         return cls(budget=value if value == "auto" else int(value), **kwargs)
 
     def method(self, rec: Recommender, name: str, stock: Method) -> Method:
-        from .calibration import calibrate_tree
+        from .calibration import BUDGETS, calibrate_tree
 
         info = {**stock.info, "width": self.width}
-        depth, budget = self.depth, self.budget
-        if budget == "auto":
+        depth, budget, curve = self.depth, self.budget, None
+        if budget == "auto" or self.rank == "acceptance":
             split = "valid" if rec.dataset.eval_users("valid") else "test"
             # the last users of the split: the bench measures the first ones
             users = rec.dataset.eval_users(split)[-self.calibration_users - 1 :]
@@ -240,13 +243,19 @@ class TreeSpec:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=len(users), desc=f"calibrate {name}", file=sys.stderr)
-            cal = calibrate_tree(rec, stock.draft, users, split, self.width, self.depth, progress=bar)
+            fixed = budget != "auto"  # a fixed shape calibrates for the acceptance curve only
+            cal = calibrate_tree(
+                rec, stock.draft, users, split, self.width, self.depth,
+                budgets=(budget,) if fixed else BUDGETS, progress=bar, rank=self.rank,
+            )  # fmt: skip
             if bar is not None:
                 bar.close()
-            depth, budget = cal.depth, cal.budget
+            if not fixed:
+                depth, budget = cal.depth, cal.budget
+            curve = cal.curve
             info["calibration"] = {"split": split, **cal.to_json()}
-        info.update(depth=depth, budget=budget)
-        engine = rec.engine(stock.draft, depth, self.width, budget)
+        info.update(depth=depth, budget=budget, rank="draft" if curve is None else "acceptance")
+        engine = rec.engine(stock.draft, depth, self.width, budget, curve)
         return Method(name, "engine", draft=stock.draft, source=stock.source, info=info, engine=engine)
 
 
@@ -784,6 +793,12 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+RANK_WORDS = {
+    "draft": "the draft's probability",
+    "acceptance": "the calibrated acceptance curve",
+}
+
+
 def tree_markdown(report: dict) -> list[str]:
     """The draft-tree methods: their shape, how it was chosen, and how the draft's confidence predicts
     acceptance level by level."""
@@ -795,7 +810,8 @@ def tree_markdown(report: dict) -> list[str]:
         vs = m.get("speedup_vs_chain")
         lines.append(
             f"**{name}**: width {m['width']}, depth {m['depth']} (choices on a path), budget {m['budget']} choice "
-            f"nodes; {_fmt(m['drafted_per_round'], '.1f')} nodes verified per round (forced runs included)"
+            f"nodes, valued by {RANK_WORDS[m.get('rank', 'draft')]}; {_fmt(m['drafted_per_round'], '.1f')} nodes "
+            "verified per round (forced runs included)"
             + (
                 f"; against the chain of the same draft: τ {m['tau_vs_chain']:.2f}×, wall-clock {vs:.2f}× "
                 f"({m['speedup_vs_chain_p10']:.2f}–{m['speedup_vs_chain_p90']:.2f})"
@@ -807,26 +823,47 @@ def tree_markdown(report: dict) -> list[str]:
         cal = m.get("calibration")
         if cal is None:
             continue
-        ranked = sorted(cal["grid"], key=lambda g: -g["choices_per_ms"])[:5]
+        grid = cal["grid"]
+        ranked = sorted(grid, key=lambda g: -g["choices_per_ms"])[:5]
+        best_per_rank = {}
+        for g in sorted(grid, key=lambda g: -g["choices_per_ms"]):
+            best_per_rank.setdefault(g.get("rank", "draft"), g)
+        ranked += [g for g in best_per_rank.values() if g not in ranked]
+        model = cal.get("draft_ms_model") or {}
         lines += [
             "",
             f"Shape chosen by calibration on {cal['requests']} {cal['split']} requests ({cal['rounds']} rounds of a "
-            f"width-{cal['width']} tree, no budget cut): the best replayed shapes, choices decided per ms of a round "
-            f"(draft + verify + the loop's own {cal['other_ms_per_round']:.2f} ms):",
+            f"width-{cal['width']} tree, no budget cut): the best replayed shapes (and the best of each ranking), "
+            f"choices decided per ms of a round (draft + verify + the loop's own {cal['other_ms_per_round']:.2f} ms):",
             "",
-            "| depth | budget | positions verified | choices / round | ms / round | choices / ms |",
-            "|---|---|---|---|---|---|",
+            "| valued by | depth | budget | positions verified | choices / round | draft ms | ms / round "
+            "| choices / ms |",
+            "|---|---|---|---|---|---|---|---|",
             *(
-                f"| {g['depth']} | {g['budget']} | {g['positions']:.1f} | {g['choices_per_round']:.2f} "
-                f"| {g['ms_per_round']:.2f} | {g['choices_per_ms']:.4f} |"
+                f"| {g.get('rank', 'draft')} | {g['depth']} | {g['budget']} | {g['positions']:.1f} "
+                f"| {g['choices_per_round']:.2f} | {_fmt(g.get('draft_ms'), '.2f')} | {g['ms_per_round']:.2f} "
+                f"| {g['choices_per_ms']:.4f} |"
                 for g in ranked
             ),
             "",
             "Target forward, ms by new positions: "
             + ", ".join(f"{k}: {v:.2f}" for k, v in cal["target_ms"].items())
-            + ". Draft, ms to grow levels 1..k: "
+            + ". Draft, ms to grow levels 1..k of the traced tree: "
             + ", ".join(f"{v:.2f}" for v in cal["draft_ms_by_level"])
-            + ".",
+            + "."
+            + (
+                f" Draft time per round, fitted: {model['per_round']:.3f} ms + {model['per_forward']:.3f} ms per "
+                f"forward + {model['per_node']:.3f} ms per node stepped."
+                if model
+                else ""
+            )
+            + (
+                " Acceptance by the draft's confidence (the curve trees valued by acceptance use): "
+                + ", ".join(f"≥ {c:.3f}: {r:.3f}" for c, r in cal["acceptance"])
+                + "."
+                if cal.get("acceptance")
+                else ""
+            ),
             "",
             "The draft's confidence (its probability of a drafted choice where the target reached that choice "
             "point) against the target's acceptance, by level:",

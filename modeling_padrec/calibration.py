@@ -7,16 +7,22 @@ not the ones benchmarked (validation users):
 
 1. **the acceptance profile**: the engine decodes the calibration requests with a wide, deep tree (``width``
    children per choice point, ``max_depth`` levels, no budget cut) and traces every round: each node's draft
-   confidence, level and whether the target kept it;
-2. **the draft's cost**: the time the draft took to grow each level of those trees;
+   confidence, level and whether the target kept it. From it, the **acceptance curve**: the rate at which the
+   target took a drafted choice it reached, by the draft's confidence in it (:func:`acceptance_curve`);
+2. **the draft's cost**: per round, its time against the forwards it ran and the nodes it stepped, fitted as
+   ms = a + b · forwards + c · nodes (:func:`draft_cost_model`, non-negative least squares);
 3. **the target's cost**: one forward over n new positions under a tree mask, timed after a real prompt for n up
    to the largest tree seen (median of repeats).
 
-Every (depth, budget) pair is then replayed on the traced rounds: the tree cut to its first ``depth`` levels and
-its ``budget`` most confident choice nodes (what :class:`~modeling_padrec.engine.tree.TreeProposer` does), the
-accepted path cut where it leaves the cut tree. The pair with the most choices decided per millisecond is chosen.
-The replay counts the target's own token at the end of every round as one more choice (a correction or a bonus;
-rarely, a round ends before a forced token and gets none), so it slightly favours small trees alike everywhere.
+Every (rank, depth, budget) is then replayed on the traced rounds: the nodes valued by the draft's log-probability
+or by the acceptance curve (``rank``), the tree cut to its first ``depth`` levels and its ``budget`` most valuable
+choice nodes (what :class:`~modeling_padrec.engine.tree.TreeProposer` does), the accepted path cut where it leaves
+the cut tree, and the draft charged for the forwards and nodes that growing that tree takes (:func:`growth`: the
+proposer does not grow a branch the cut would drop). The shape with the most choices decided per millisecond is
+chosen. Two approximations: the replay keeps the traced tree's expanded branches, chosen by the draft's values
+(ranked by acceptance, the proposer may expand others), and it counts the target's own token at the end of every
+round as one more choice (a correction or a bonus; rarely, a round ends before a forced token and gets none), so
+it slightly favours small trees alike everywhere.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .engine import Engine, GenerationSettings
-from .engine.tree import ancestor_mask
+from .engine.tree import ancestor_mask, log_acceptance
 
 BUDGETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+RANKS = ("draft", "acceptance")  # what a tree's nodes are valued by
 
 
 @dataclass
@@ -42,12 +49,20 @@ class TreeCalibration:
     budget: int
     requests: int
     rounds: int
+    rank: str = "draft"
+    acceptance: list[list[float]] | None = None  # [confidence, rate] pairs (acceptance_curve)
     target_ms: dict[int, float] = field(default_factory=dict)  # new positions → ms of one target forward
     draft_ms_by_level: list[float] = field(default_factory=list)  # mean draft ms to grow levels 1..k
+    draft_ms_model: dict[str, float] = field(default_factory=dict)  # ms per round, per forward, per node
     other_ms_per_round: float = 0.0
     grid: list[dict] = field(default_factory=list)
     confidence: list[dict] = field(default_factory=list)  # by level: the draft's confidence vs acceptance
     branching: list[dict] = field(default_factory=list)  # by item slot: where the chosen shape's nodes go
+
+    @property
+    def curve(self) -> list[tuple[float, float]] | None:
+        """The acceptance curve to build the engine with (None when the chosen shape ranks by the draft)."""
+        return None if self.rank != "acceptance" else [tuple(p) for p in self.acceptance]
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -102,10 +117,28 @@ def _branch_heads(parent: list[int], choice: list[bool]) -> list[int]:
     return heads
 
 
-def _cut(round_: dict, depth: int, budget: int) -> tuple[list[int], set[int]]:
+def _values(round_: dict, curve=None) -> list[float]:
+    """Every node's value in a round traced from a tree valued by the draft: the trace's own score (the draft's
+    cumulative log-probability), or with ``curve`` the sum of the log acceptance rates of the path's choices."""
+    if curve is None:
+        return round_["score"]
+    parent, choice, score = round_["parent"], round_["choice"], round_["score"]
+    heads = _branch_heads(parent, choice)
+    values: list[float] = []
+    for i, p in enumerate(parent):
+        if not choice[i]:
+            values.append(values[p])
+            continue
+        above, base = (score[heads[p]], values[heads[p]]) if p >= 0 else (0.0, 0.0)
+        values.append(base + log_acceptance(curve, math.exp(score[i] - above)))
+    return values
+
+
+def _cut(round_: dict, depth: int, budget: int, curve=None) -> tuple[list[int], set[int]]:
     """(branch head of every node, the choice nodes kept) of a traced tree cut to ``depth`` levels and its
-    ``budget`` most confident choice nodes, a node never without its parent (what the proposer does)."""
-    parent, choice, score, level = round_["parent"], round_["choice"], round_["score"], round_["level"]
+    ``budget`` most valuable choice nodes, a node never without its parent (what the proposer does)."""
+    parent, choice, level = round_["parent"], round_["choice"], round_["level"]
+    score = _values(round_, curve)
     heads = _branch_heads(parent, choice)
     ranked = sorted(
         (i for i in range(len(parent)) if choice[i] and level[i] <= depth), key=lambda i: (-score[i], i)
@@ -120,11 +153,11 @@ def _cut(round_: dict, depth: int, budget: int) -> tuple[list[int], set[int]]:
     return heads, kept
 
 
-def replay(round_: dict, depth: int, budget: int) -> tuple[int, int]:
+def replay(round_: dict, depth: int, budget: int, curve=None) -> tuple[int, int]:
     """(positions verified, choices accepted) of one traced round had its tree been cut to ``depth`` levels
-    and ``budget`` choice nodes."""
+    and ``budget`` choice nodes, valued by the draft or by the acceptance ``curve``."""
     parent, choice = round_["parent"], round_["choice"]
-    heads, kept = _cut(round_, depth, budget)
+    heads, kept = _cut(round_, depth, budget, curve)
     positions = round_["waiting"] + sum(1 for i in range(len(parent)) if heads[i] in kept)
     accepted = 0
     for node in round_["path"]:
@@ -134,13 +167,58 @@ def replay(round_: dict, depth: int, budget: int) -> tuple[int, int]:
     return positions, accepted
 
 
-def confidence_by_level(rounds: list[dict], bins: int = 5) -> list[dict]:
-    """How well the draft's own probability of a drafted choice predicts that the target takes it, by level.
+def growth(round_: dict, depth: int, budget: int | None, curve=None) -> tuple[int, int]:
+    """(draft forwards, nodes stepped) to grow the tree of one traced round cut to ``depth`` levels and ``budget``
+    choice nodes (the catch-up before it not counted). The proposer expands a branch by stepping the draft through
+    its nodes (one forward per token depth for all branches of a level), and skips a branch worth no more than the
+    ``budget``-th best so far: the cut would drop it with everything below it."""
+    parent, choice, level = round_["parent"], round_["choice"], round_["level"]
+    values = _values(round_, curve)
+    heads = _branch_heads(parent, choice)
+    run: dict[int, int] = {}
+    for h in heads:
+        run[h] = run.get(h, 0) + 1
+    grown = {heads[p] for i, p in enumerate(parent) if p >= 0 and choice[i]}
+    forwards = nodes = 0
+    for lv in range(1, depth):
+        expanded = [b for b in grown if level[b] == lv]
+        upto = sorted(values[b] for b in run if level[b] <= lv)
+        if budget is not None and len(upto) >= budget:
+            expanded = [b for b in expanded if values[b] > upto[-budget]]
+        if expanded:
+            forwards += max(run[b] for b in expanded)
+            nodes += sum(run[b] for b in expanded)
+    return forwards, nodes
 
-    A drafted choice counts once the target reached its choice point (its parent is on the accepted path, or is
-    the root); its confidence is the draft's probability of it there. Per level: the mean confidence, the
-    acceptance rate, and both per confidence bin (a reliability curve), with the expected calibration error."""
-    by_level: dict[int, list[tuple[float, bool]]] = {}
+
+def draft_cost_model(rounds: list[dict]) -> tuple[float, float, float]:
+    """(ms per round, ms per draft forward, ms per node stepped): a non-negative least-squares fit of every traced
+    round's draft time (catch-up included: one forward and one node per token)."""
+    rows = []
+    for r in rounds:
+        catch_up = r["draft_steps"] - r["tree_forwards"]
+        rows.append(
+            (1.0, float(r["draft_steps"]), float(catch_up + r["tree_nodes"]), 1000 * r["draft_seconds"])
+        )
+    x = torch.tensor([row[:3] for row in rows], dtype=torch.float64)
+    y = torch.tensor([row[3] for row in rows], dtype=torch.float64)
+    best, best_err = (float(y.mean()), 0.0, 0.0), float(((y - y.mean()) ** 2).sum())
+    for subset in ((0, 1, 2), (0, 1), (0, 2), (1, 2), (1,), (2,)):  # every active set: exact NNLS in 3 terms
+        coef = torch.linalg.lstsq(x[:, subset], y[:, None]).solution[:, 0]
+        if bool((coef < 0).any()):
+            continue
+        err = float(((x[:, subset] @ coef - y) ** 2).sum())
+        if err < best_err - 1e-12:
+            full = [0.0, 0.0, 0.0]
+            for k, c in zip(subset, coef.tolist(), strict=True):
+                full[k] = c
+            best, best_err = tuple(full), err
+    return best
+
+
+def _reached(rounds: list[dict]):
+    """(level, the draft's confidence, accepted) of every drafted choice whose choice point the target reached
+    (its parent is on the accepted path, or is the root); the confidence is the draft's probability of it there."""
     for r in rounds:
         on_path = set(r["path"])
         parent, choice, score, level = r["parent"], r["choice"], r["score"], r["level"]
@@ -149,7 +227,47 @@ def confidence_by_level(rounds: list[dict], bins: int = 5) -> list[dict]:
             if not choice[i] or not (p < 0 or p in on_path):
                 continue
             above = score[heads[p]] if p >= 0 else 0.0
-            by_level.setdefault(level[i], []).append((math.exp(score[i] - above), i in on_path))
+            yield level[i], math.exp(score[i] - above), i in on_path
+
+
+def acceptance_curve(rounds: list[dict], bins: int = 10) -> list[tuple[float, float]]:
+    """The rate at which the target takes a drafted choice it reached, by the draft's confidence in it: the
+    choices in ``bins`` groups of equal size by confidence (equal confidences never split), pooled with their
+    neighbours until the rate never falls as the confidence rises (pool-adjacent-violators). Returns
+    ``[(confidence, rate), ...]``, the first at confidence 0, for :class:`~modeling_padrec.engine.tree.TreeProposer`."""
+    pairs = sorted((c, a) for _, c, a in _reached(rounds))
+    if not pairs:
+        raise ValueError("acceptance curve: the traced rounds reached no drafted choice")
+    size = max(1, math.ceil(len(pairs) / bins))
+    groups: list[list] = []  # [first confidence, count, accepted]
+    last = None
+    for c, a in pairs:
+        if groups and (groups[-1][1] < size or last == c):
+            groups[-1][1] += 1
+            groups[-1][2] += a
+        else:
+            groups.append([c, 1, int(a)])
+        last = c
+    pooled: list[list] = []
+    for g in groups:
+        pooled.append(list(g))
+        while len(pooled) > 1 and pooled[-2][2] / pooled[-2][1] > pooled[-1][2] / pooled[-1][1]:
+            top = pooled.pop()
+            pooled[-1][1] += top[1]
+            pooled[-1][2] += top[2]
+    pooled[0][0] = 0.0
+    return [(c, round(a / n, 6)) for c, n, a in pooled]
+
+
+def confidence_by_level(rounds: list[dict], bins: int = 5) -> list[dict]:
+    """How well the draft's own probability of a drafted choice predicts that the target takes it, by level.
+
+    A drafted choice counts once the target reached its choice point (its parent is on the accepted path, or is
+    the root); its confidence is the draft's probability of it there. Per level: the mean confidence, the
+    acceptance rate, and both per confidence bin (a reliability curve), with the expected calibration error."""
+    by_level: dict[int, list[tuple[float, bool]]] = {}
+    for lv, c, a in _reached(rounds):
+        by_level.setdefault(lv, []).append((c, a))
     out = []
     for lv in sorted(by_level):
         pairs = by_level[lv]
@@ -173,12 +291,14 @@ def confidence_by_level(rounds: list[dict], bins: int = 5) -> list[dict]:
     return out
 
 
-def branching_by_slot(rounds: list[dict], depth: int, budget: int, slot_of, slot_names) -> list[dict]:
+def branching_by_slot(
+    rounds: list[dict], depth: int, budget: int, slot_of, slot_names, curve=None
+) -> list[dict]:
     """Where the tree of the chosen shape spends its choice nodes: per item slot of the drafted token, the share
     of kept choice nodes, and how many of them the target accepted."""
     counts: dict[int, list[int]] = {}
     for r in rounds:
-        _, kept = _cut(r, depth, budget)
+        _, kept = _cut(r, depth, budget, curve)
         on_path = set(r["path"])
         for i in kept:
             cell = counts.setdefault(slot_of[r["tokens"][i]], [0, 0])
@@ -200,11 +320,15 @@ def calibrate_tree(
     max_depth: int = 10,
     budgets: tuple[int, ...] = BUDGETS,
     progress=None,
+    rank: str = "auto",
 ) -> TreeCalibration:
     """Measure, replay, choose (see the module's docstring). ``users``: the calibration requests (the first is a
-    warm-up); ``rec``: a :class:`~modeling_padrec.decoding.Recommender`."""
+    warm-up); ``rec``: a :class:`~modeling_padrec.decoding.Recommender`; ``rank``: what the tree's nodes are
+    valued by, ``"draft"``, ``"acceptance"`` or ``"auto"`` (both replayed, the better shape chosen)."""
     if len(users) < 2:
         raise ValueError("tree calibration needs at least 2 requests (the first is a warm-up)")
+    if rank != "auto" and rank not in RANKS:
+        raise ValueError(f"tree rank must be auto or one of {', '.join(RANKS)}, got {rank!r}")
     engine = Engine(rec.target.model, rec.trie, draft, max_depth, GenerationSettings(max_new_tokens=rec.max_new_tokens),
                     width=width)  # fmt: skip
     rounds, other_ms, prompts = [], [], []
@@ -231,25 +355,39 @@ def calibrate_tree(
         for k in range(1, levels + 1)
     ]
     other = statistics.mean(other_ms)
+    per_round, per_forward, per_node = draft_cost_model(rounds)
+    curve = acceptance_curve(rounds)
+    catch_up = [r["draft_steps"] - r["tree_forwards"] for r in rounds]
     grid = []
-    for depth in range(1, levels + 1):
-        for budget in budgets:
-            replays = [replay(r, depth, budget) for r in rounds]
-            positions = statistics.mean(p for p, _ in replays)
-            choices = statistics.mean(a for _, a in replays) + 1
-            ms = draft_ms[depth - 1] + statistics.mean(_interpolate(target_ms, p) for p, _ in replays) + other
-            grid.append({
-                "depth": depth, "budget": budget, "positions": round(positions, 2),
-                "choices_per_round": round(choices, 3), "ms_per_round": round(ms, 3),
-                "choices_per_ms": round(choices / ms, 5),
-            })  # fmt: skip
+    for rank_ in RANKS if rank == "auto" else (rank,):
+        values = curve if rank_ == "acceptance" else None
+        for depth in range(1, levels + 1):
+            for budget in budgets:
+                replays = [replay(r, depth, budget, values) for r in rounds]
+                grown = [growth(r, depth, budget, values) for r in rounds]
+                positions = statistics.mean(p for p, _ in replays)
+                choices = statistics.mean(a for _, a in replays) + 1
+                draft = statistics.mean(
+                    per_round + per_forward * (c + f) + per_node * (c + n)
+                    for c, (f, n) in zip(catch_up, grown, strict=True)
+                )
+                ms = draft + statistics.mean(_interpolate(target_ms, p) for p, _ in replays) + other
+                grid.append({
+                    "rank": rank_, "depth": depth, "budget": budget, "positions": round(positions, 2),
+                    "choices_per_round": round(choices, 3), "draft_ms": round(draft, 3), "ms_per_round": round(ms, 3),
+                    "choices_per_ms": round(choices / ms, 5),
+                })  # fmt: skip
     best = max(grid, key=lambda g: (g["choices_per_ms"], -g["budget"]))
     tm = rec.token_map
     branching = branching_by_slot(
-        rounds, best["depth"], best["budget"], tm.slot_table().tolist(), tm.slot_names()
-    )
+        rounds, best["depth"], best["budget"], tm.slot_table().tolist(), tm.slot_names(),
+        curve if best["rank"] == "acceptance" else None,
+    )  # fmt: skip
     return TreeCalibration(
         width=width, depth=best["depth"], budget=best["budget"], requests=len(users) - 1, rounds=len(rounds),
+        rank=best["rank"], acceptance=[[c, r] for c, r in curve],
         target_ms={k: round(v, 4) for k, v in target_ms.items()}, draft_ms_by_level=[round(d, 4) for d in draft_ms],
+        draft_ms_model={"per_round": round(per_round, 4), "per_forward": round(per_forward, 4),
+                        "per_node": round(per_node, 4)},
         other_ms_per_round=round(other, 4), grid=grid, confidence=confidence_by_level(rounds), branching=branching,
     )  # fmt: skip

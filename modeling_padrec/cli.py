@@ -458,6 +458,7 @@ def cmd_bench(args) -> int:
             args.tree,
             width=args.tree_width,
             depth=args.tree_depth,
+            rank=args.tree_rank,
             progress=not args.json and sys.stderr.isatty(),
         ),
         temperature=args.temperature,
@@ -782,6 +783,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=10,
         help="with --tree: most choices on a path (auto: the most tried)",
+    )
+    b.add_argument(
+        "--tree-rank",
+        choices=("auto", "draft", "acceptance"),
+        default="auto",
+        help="with --tree: value greedy tree nodes by the draft's probability or by the acceptance curve a "
+        "calibration on validation users fits (auto: whichever the calibration replays as faster; a fixed "
+        "--tree N with auto ranks by the draft)",
     )
     b.add_argument(
         "--temperature",

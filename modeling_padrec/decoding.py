@@ -129,15 +129,24 @@ class Recommender:
             )
 
     def engine(
-        self, draft=None, depth: int | None = None, width: int | None = None, budget: int | None = None
+        self,
+        draft=None,
+        depth: int | None = None,
+        width: int | None = None,
+        budget: int | None = None,
+        acceptance=None,
     ) -> Engine:
         """padrec's engine for this target and catalog (greedy), with ``draft`` proposing ``depth`` choices per
         round (default: the draft's trained depth), as a chain or, with ``width``, a tree of at most ``budget``
-        choice nodes; built once per (draft, depth, width, budget)."""
-        key = (id(draft), depth, width, budget)
+        choice nodes, valued by the draft or by a calibrated ``acceptance`` curve; built once per (draft, depth,
+        width, budget, curve)."""
+        curve = None if acceptance is None else tuple(map(tuple, acceptance))
+        key = (id(draft), depth, width, budget, curve)
         if key not in self._engines:
             settings = GenerationSettings(max_new_tokens=self.max_new_tokens)
-            self._engines[key] = Engine(self.target.model, self.trie, draft, depth, settings, width, budget)
+            self._engines[key] = Engine(
+                self.target.model, self.trie, draft, depth, settings, width, budget, acceptance
+            )
         return self._engines[key]
 
     def recommend(

@@ -277,19 +277,40 @@ def test_draft_trees_in_the_bench_with_a_calibrated_shape(tmp_path, tiny_target,
     assert tree["identical"] == 1.0 and tree["kind"] == "engine" and tree["width"] == 2
     cal = tree["calibration"]
     assert cal["split"] == "valid" and (tree["depth"], tree["budget"]) == (cal["depth"], cal["budget"])
-    chosen = [g for g in cal["grid"] if (g["depth"], g["budget"]) == (tree["depth"], tree["budget"])]
+    assert tree["rank"] == cal["rank"] and {g["rank"] for g in cal["grid"]} == {"draft", "acceptance"}
+    shape = (tree["rank"], tree["depth"], tree["budget"])
+    chosen = [g for g in cal["grid"] if (g["rank"], g["depth"], g["budget"]) == shape]
     assert chosen[0]["choices_per_ms"] == max(g["choices_per_ms"] for g in cal["grid"])
+    assert all(g["draft_ms"] >= 0 for g in cal["grid"]) and min(cal["draft_ms_model"].values()) >= 0
+    curve = cal["acceptance"]
+    assert curve[0][0] == 0.0 and [r for _, r in curve] == sorted(r for _, r in curve)
     assert {g["depth"] for g in cal["grid"]} <= {1, 2, 3} and cal["rounds"] > 0
     assert all(v > 0 for v in cal["target_ms"].values()) and len(cal["draft_ms_by_level"]) <= 3
     assert abs(sum(b["share"] for b in cal["branching"]) - 1) < 0.01 and cal["branching"]
     for level in cal["confidence"]:
         assert 0 <= level["accepted"] <= 1 and 0 < level["confidence"] <= 1 and level["drafted"] > 0
-    assert report["config"]["tree"] == {"budget": "auto", "width": 2, "depth": 3, "calibration_users": 16}
+    assert report["config"]["tree"] == {
+        "budget": "auto", "width": 2, "depth": 3, "calibration_users": 16, "rank": "auto",
+    }  # fmt: skip
     assert tree["tau_vs_chain"] > 0 and tree["speedup_vs_chain"] > 0
     text = (out / "report.md").read_text()
     assert (
         "## Draft trees" in text and "tree_confidence.png" in text and (out / "tree_confidence.png").is_file()
     )
+
+
+def test_a_fixed_tree_budget_ranked_by_a_calibrated_acceptance_curve(
+    tmp_path, tiny_target, synthetic_dir, drafts
+):
+    out = tmp_path / "ranked"
+    code = bench_cli(tiny_target, synthetic_dir, "--users", 3, "--warmup", 1, "--draft", drafts[0], "--tree", 4,
+                     "--tree-depth", 2, "--tree-rank", "acceptance", "--only", "tree:pad-rec", "--out", out)  # fmt: skip
+    assert code == 0
+    tree = json.loads((out / "report.json").read_text())["methods"]["tree:pad-rec"]
+    assert (tree["budget"], tree["depth"], tree["rank"], tree["identical"]) == (4, 2, "acceptance", 1.0)
+    cal = tree["calibration"]
+    assert cal["rank"] == "acceptance" and {g["budget"] for g in cal["grid"]} == {4}
+    assert "valued by the calibrated acceptance curve" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("value", ["0", "many", "-3"])

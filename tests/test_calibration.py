@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 from draft_world import EOS, SEP, make_world, perturbed
 
-from modeling_padrec.calibration import confidence_by_level, replay
+from modeling_padrec.calibration import (
+    acceptance_curve,
+    confidence_by_level,
+    draft_cost_model,
+    growth,
+    replay,
+)
 from modeling_padrec.draft import new_draft
 from modeling_padrec.engine import CatalogTrie, Engine, GenerationSettings
 
@@ -31,6 +40,68 @@ def test_replay_cuts_by_depth_and_budget():
     assert replay(round_, depth=2, budget=3) == (2 + 4, 1)
 
 
+def test_replay_by_acceptance_values_each_choice_by_the_curve():
+    # confidences: a 0.905, c 0.819 (exp(-0.3 - -0.1)), b 0.407, d 0.905 (exp(-1.0 - -0.9))
+    curve = [(0.0, 0.2), (0.5, 0.6), (0.9, 0.95)]
+    # values: a log .95, c log .95 + log .6, b log .2, d log .2 + log .95
+    assert replay(ROUND, depth=2, budget=2, curve=curve) == (2 + 3, 2)  # a (with a') and c, as by the draft
+    # a curve that trusts b's kind of confidence more than c's: b outranks c
+    flat = [
+        (0.0, 0.5),
+        (0.85, 0.9),
+    ]  # a .9, c .5, b .5, d .9 -> values a -0.105, c -0.798, b -0.693, d -0.799
+    assert replay(ROUND, depth=2, budget=2, curve=flat) == (
+        2 + 3,
+        1,
+    )  # a, a', b: c is cut, so is its acceptance
+    assert replay(ROUND, depth=2, budget=2) == (2 + 3, 2)  # by the draft, c (-0.3) beats b (-0.9)
+
+
+def test_growth_steps_only_the_branches_that_can_survive_the_cut():
+    # the draft steps a (2 nodes: a, a') and b (1 node) to grow level 2: one forward per token depth
+    assert growth(ROUND, depth=2, budget=None) == (2, 3)
+    assert growth(ROUND, depth=2, budget=2) == (2, 2)  # b is the 2nd best so far: its children can't be kept
+    assert growth(ROUND, depth=2, budget=1) == (0, 0)  # a fills the budget: nothing below it is kept
+    assert growth(ROUND, depth=1, budget=None) == (0, 0)  # one level: nothing is grown
+
+
+def one_choice_point(pairs):
+    """Rounds of a single drafted choice each, reached at the root: (confidence, accepted) per round."""
+    return [
+        {"parent": [-1], "choice": [True], "score": [math.log(c)], "level": [1], "path": [0] if a else []}
+        for c, a in pairs
+    ]
+
+
+def test_acceptance_curve_pools_until_it_rises():
+    pairs = [(0.1, 0), (0.2, 1), (0.3, 1), (0.4, 0), (0.6, 0), (0.7, 1), (0.8, 1), (0.9, 1)]
+    curve = acceptance_curve(one_choice_point(pairs), bins=4)
+    # groups of two: rates 0.5, 0.5, 0.5, 1.0 -> already non-decreasing
+    assert [(round(c, 6), r) for c, r in curve] == [(0.0, 0.5), (0.3, 0.5), (0.6, 0.5), (0.8, 1.0)]
+    falling = [(0.1, 1), (0.2, 1), (0.3, 0), (0.4, 0), (0.6, 1), (0.7, 1)]
+    curve = acceptance_curve(one_choice_point(falling), bins=3)
+    # rates 1.0, 0.0, 1.0: the first two pool to 0.5
+    assert [(round(c, 6), r) for c, r in curve] == [(0.0, 0.5), (0.6, 1.0)]
+    ties = [(0.5, 1)] * 5 + [(0.9, 0)]
+    assert acceptance_curve(one_choice_point(ties), bins=6) == [(0.0, round(5 / 6, 6))]  # ties never split
+    with pytest.raises(ValueError, match="no drafted choice"):
+        acceptance_curve([])
+
+
+def chain_round(steps, forwards, nodes, ms):
+    return {"draft_steps": steps, "tree_forwards": forwards, "tree_nodes": nodes, "draft_seconds": ms / 1000}
+
+
+def test_draft_cost_model_recovers_a_linear_cost_and_stays_non_negative():
+    shapes = [(3, 1, 1), (6, 3, 8), (9, 5, 20), (4, 2, 2), (12, 6, 30), (7, 3, 12)]
+    rounds = [chain_round(s, f, n, 0.5 + 0.2 * s + 0.1 * (s - f + n)) for s, f, n in shapes]
+    a, b, c = draft_cost_model(rounds)
+    assert abs(a - 0.5) < 1e-6 and abs(b - 0.2) < 1e-6 and abs(c - 0.1) < 1e-6
+    # a cost that falls with the nodes stepped fits no negative coefficient
+    rounds = [chain_round(s, f, n, 5.0 + 0.3 * s - 0.05 * (s - f + n)) for s, f, n in shapes]
+    assert min(draft_cost_model(rounds)) >= 0.0
+
+
 def test_confidence_counts_reached_choice_points_only():
     levels = confidence_by_level([ROUND])
     one, two = levels
@@ -53,3 +124,4 @@ def test_replay_of_the_full_tree_is_what_happened():
         assert accepted == sum(r["choice"][n] for n in r["path"])
         assert len(r["path"]) == rnd.accepted
         assert len(r["level_seconds"]) <= 3
+        assert growth(r, depth=3, budget=None) == (r["tree_forwards"], r["tree_nodes"])

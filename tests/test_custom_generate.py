@@ -36,6 +36,7 @@ def test_a_left_padded_batch_gives_each_row_its_engine_list(tmp_path):
         {"assistant_model": draft},
         {"catalog": str(folder)},
         {"assistant_model": draft, "tree_width": 2},
+        {"assistant_model": draft, "tree_budget": 3, "tree_acceptance": [(0.0, 0.4), (0.6, 0.9)]},
     ):
         out = generate(world.target, input_ids=ids, attention_mask=mask, **kwargs)
         for r, prompt in enumerate(prompts):

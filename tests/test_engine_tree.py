@@ -5,6 +5,7 @@ constrained sampling in distribution."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -15,11 +16,12 @@ from hypothesis import strategies as st
 from test_engine import AdversarialDraft, catalog_items, chi_square_p, exact_list_probabilities
 
 from modeling_padrec.bench import choice_positions
+from modeling_padrec.calibration import _cut, growth
 from modeling_padrec.draft import new_draft
 from modeling_padrec.engine import CatalogTrie, Engine, GenerationSettings
 from modeling_padrec.engine.acceptance import Chooser
 from modeling_padrec.engine.proposers import DraftProposer, Proposal
-from modeling_padrec.engine.tree import TreeProposer, ancestor_mask, token_depths
+from modeling_padrec.engine.tree import FLOOR, TreeProposer, ancestor_mask, check_acceptance, token_depths
 
 
 def make_draft(world, kind: str, depth: int, seed: int):
@@ -30,6 +32,15 @@ def make_draft(world, kind: str, depth: int, seed: int):
     if kind == "adversarial":
         return AdversarialDraft(agreeing_draft(world, depth=min(depth, 8)))
     return perturbed(new_draft(world.target, world.token_map, depth=4, seed=seed), scale=2.0, seed=seed)
+
+
+def random_curve(rng: random.Random) -> list[tuple[float, float]]:
+    """A valid acceptance curve: confidences from 0 rising, rates in [0, 1] never falling (0 and 1 included
+    sometimes, so values tie and hit the floor)."""
+    n = rng.randint(1, 5)
+    edges = [0.0] + sorted(rng.sample([i / 20 for i in range(1, 20)], n - 1))
+    rates = sorted(rng.choice([0.0, 1.0, rng.random()]) for _ in range(n))
+    return list(zip(edges, rates, strict=True))
 
 
 @settings(max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -47,9 +58,23 @@ def make_draft(world, kind: str, depth: int, seed: int):
     history=st.lists(st.integers(0, 100), max_size=5),
     seed=st.integers(0, 1000),
     lora=st.booleans(),
+    ranked=st.booleans(),
 )
 def test_tree_greedy_equals_stock_generate(
-    levels, codes, num_items, list_len, shape, draft_kind, depth, width, budget, cut, history, seed, lora
+    levels,
+    codes,
+    num_items,
+    list_len,
+    shape,
+    draft_kind,
+    depth,
+    width,
+    budget,
+    cut,
+    history,
+    seed,
+    lora,
+    ranked,
 ):
     bigram = draft_kind == "agreeing"
     world = make_world(levels=levels, codes=codes, num_items=1, list_len=list_len, seed=seed, lora=lora and not bigram,
@@ -63,12 +88,15 @@ def test_tree_greedy_equals_stock_generate(
     trie = CatalogTrie(torch.tensor(items), SEP, EOS, list_len)
     draft = make_draft(world, draft_kind, depth, seed)
     sets = GenerationSettings(max_new_tokens=max_new)
-    got = Engine(world.target, trie, draft, depth, sets, width=width, budget=budget).generate(prompt)
+    curve = random_curve(random.Random(seed)) if ranked else None  # valued by an acceptance curve
+    got = Engine(
+        world.target, trie, draft, depth, sets, width=width, budget=budget, acceptance=curve
+    ).generate(prompt)
     assert got.output_ids == expected
     choices = choice_positions(trie, expected)
     assert got.choices == choices and got.forced_tokens == len(expected) - choices
     assert got.target_forwards <= max(choices, 1)
-    if width == 1 and budget is None:  # a tree of width one is the chain
+    if width == 1 and budget is None and not ranked:  # a tree of width one is the chain
         chain = Engine(world.target, trie, draft, depth, sets).generate(prompt)
         assert (got.target_forwards, got.draft_steps) == (chain.target_forwards, chain.draft_steps)
         assert [r.to_json() for r in got.rounds] == [r.to_json() for r in chain.rounds]
@@ -193,7 +221,57 @@ def test_bad_tree_arguments():
         Engine(world.target, trie, draft, width=2, budget=0)
     with pytest.raises(ValueError, match="needs a draft"):
         Engine(world.target, trie, width=2)
+    with pytest.raises(ValueError, match="needs a draft"):
+        Engine(world.target, trie, acceptance=[(0.0, 0.5)])
     assert isinstance(Engine(world.target, trie, draft, width=2).proposer, TreeProposer)
+    assert isinstance(Engine(world.target, trie, draft, acceptance=[(0.0, 0.5)]).proposer, TreeProposer)
+    for bad, words in (
+        ([], "at least one"),
+        ([(0.1, 0.5)], "confidence 0"),
+        ([(0.0, 0.5), (0.5, 0.4)], "never fall"),
+        ([(0.0, 0.5), (0.0, 0.6)], "must rise"),
+        ([(0.0, 0.5), (0.5, 1.5)], r"\[0, 1\]"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            check_acceptance(bad)
+
+
+@pytest.mark.parametrize("ranked", [False, True])
+def test_a_budget_cuts_the_full_tree_and_skips_growing_what_it_cuts(ranked):
+    """A budgeted tree is the full tree cut to its ``budget`` most valuable choice nodes, node for node, and the
+    draft does not step through the branches the cut drops: exactly the forwards and nodes :func:`growth`
+    predicts from the full tree, and strictly fewer than growing the full tree somewhere."""
+    saved = 0
+    for seed in range(6):
+        world = make_world(levels=3, codes=4, num_items=40, list_len=4, seed=seed)
+        trie = CatalogTrie(torch.tensor(world.items), SEP, EOS, world.list_len)
+        draft = perturbed(new_draft(world.target, world.token_map, depth=4, seed=seed), scale=1.0, seed=seed)
+        curve = random_curve(random.Random(seed)) if ranked else None
+        sets = GenerationSettings(max_new_tokens=16)
+        prompt = world.prompt([0, 1])
+        budget = 2 + seed % 3
+        first = {}
+        for b in (None, budget):
+            engine = Engine(world.target, trie, draft, 4, sets, width=3, budget=b, acceptance=curve)
+            first[b] = engine.generate(prompt, trace=True).trace[0]  # the same state: the first drafted round
+        full, cut = first[None], first[budget]
+        if ranked:  # every choice adds the log of one of the curve's rates to its path's value
+            logs = [math.log(max(r, FLOOR)) for _, r in curve]
+            for i, p in enumerate(full["parent"]):
+                if full["choice"][i]:
+                    step = full["score"][i] - (full["score"][p] if p >= 0 else 0.0)
+                    assert min(abs(step - v) for v in logs) < 1e-9
+        heads, kept = _cut(full, 4, budget)  # the trace's scores are the values the tree ranked by
+        nodes = [i for i in range(len(full["parent"])) if heads[i] in kept]
+        assert cut["tokens"] == [full["tokens"][i] for i in nodes]
+        assert cut["parent"] == [
+            nodes.index(full["parent"][i]) if full["parent"][i] >= 0 else -1 for i in nodes
+        ]
+        assert (cut["tree_forwards"], cut["tree_nodes"]) == growth(full, 4, budget)
+        assert (full["tree_forwards"], full["tree_nodes"]) == growth(full, 4, None)
+        assert cut["tree_nodes"] <= full["tree_nodes"]
+        saved += full["tree_nodes"] - cut["tree_nodes"]
+    assert saved > 0
 
 
 @pytest.mark.slow

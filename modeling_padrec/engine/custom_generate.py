@@ -11,7 +11,8 @@ ids, the separator, EOS and the list length). With nothing but transformers and 
 
 Extra arguments (all optional): ``catalog`` (a folder or repo id holding ``catalog.safetensors``, or an
 ``(items, L)`` tensor / nested list of code token ids; default: the draft's repo), ``draft_depth`` (choices per
-round), ``tree_width`` and ``tree_budget`` (draft a tree instead of a chain). A catalog passed at call time must
+round), ``tree_width``, ``tree_budget`` and ``tree_acceptance`` (draft a tree instead of a chain; the last a
+calibrated acceptance curve to rank its nodes by, ``[(confidence, rate), ...]``). A catalog passed at call time must
 keep every trained item's codes (items may be appended); any other is refused. Greedy by default;
 ``do_sample=True`` with ``temperature`` / ``top_k`` / ``top_p`` samples under the catalog. Rows of a batch are
 decoded one after another (left padding is removed per row) and returned padded with the pad token, like
@@ -88,6 +89,7 @@ def generate(
     draft_depth: int | None = None,
     tree_width: int | None = None,
     tree_budget: int | None = None,
+    tree_acceptance=None,
     generator: torch.Generator | None = None,
     **kwargs,
 ):
@@ -127,8 +129,10 @@ def generate(
     settings = _settings(generation_config, kwargs)
     if settings.max_new_tokens is None:
         settings.max_new_tokens = trie.items_per_list * (trie.levels + 1)
-    tree = tree_width is not None or tree_budget is not None
-    engine = Engine(model, trie, draft, draft_depth, settings, tree_width if tree else None, tree_budget)
+    tree = tree_width is not None or tree_budget is not None or tree_acceptance is not None
+    engine = Engine(
+        model, trie, draft, draft_depth, settings, tree_width if tree else None, tree_budget, tree_acceptance
+    )
     pad = model.generation_config.pad_token_id
     pad = pad if pad is not None else int(tables["eos_token_id"])
     rows = []

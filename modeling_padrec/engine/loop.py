@@ -74,6 +74,8 @@ class Engine:
         settings: greedy (default) or sampling, and ``max_new_tokens``.
         width: draft a tree instead of a chain (:class:`~.tree.TreeProposer`): ``width`` children per expanded
             choice point, up to ``depth`` choices on a path and ``budget`` choice nodes per tree.
+        acceptance: a calibrated acceptance curve to value greedy tree nodes by (:class:`~.tree.TreeProposer`);
+            implies a tree.
 
     ``engine.generate(prompt_ids)`` decodes one request (a list of token ids ending with the prompt-end token).
     """
@@ -87,17 +89,19 @@ class Engine:
         settings: GenerationSettings | None = None,
         width: int | None = None,
         budget: int | None = None,
+        acceptance=None,
     ):
         self.scorer = TargetScorer(model)
         self.trie = trie
+        tree = width is not None or budget is not None or acceptance is not None
         if draft is None:
-            if width is not None or budget is not None:
+            if tree:
                 raise ValueError("a draft tree needs a draft")
             self.proposer = NoProposer()
-        elif width is None and budget is None:
+        elif not tree:
             self.proposer = DraftProposer(draft, depth)
         else:
-            self.proposer = TreeProposer(draft, depth, 1 if width is None else width, budget)
+            self.proposer = TreeProposer(draft, depth, 1 if width is None else width, budget, acceptance)
         self.settings = settings or GenerationSettings()
         if draft is not None:
             theirs, ours = self.scorer.config.get_text_config(), draft.config
@@ -167,9 +171,11 @@ class Engine:
         """Decode one list after ``prompt_ids`` (ids or a ``(1, n)`` tensor); ``generator`` seeds sampling.
 
         ``trace=True`` records every drafted round in ``output.trace``: ``waiting`` (positions verified before
-        the proposal), the proposal's ``parent``, ``choice``, and for trees ``score`` (the draft's cumulative
-        log-probability of each node's path), ``level`` and ``level_seconds``; the accepted ``path`` (node
-        indices), and ``draft_seconds`` / ``verify_seconds``."""
+        the proposal), the proposal's ``parent``, ``choice``, and for trees ``score`` (each node's value: the
+        draft's cumulative log-probability of its path, unless the tree ranks by an acceptance curve), ``level``,
+        ``level_seconds``, ``tree_forwards`` and ``tree_nodes`` (draft forwards and nodes spent growing it); the
+        accepted ``path`` (node indices), ``draft_steps`` (draft forwards, catch-up included), and
+        ``draft_seconds`` / ``verify_seconds``."""
         t_start = self.clock()
         req = self.request(prompt_ids, generator, settings, trace)
         scorer, proposer, device = self.scorer, self.proposer, self.scorer.device
@@ -308,6 +314,8 @@ class Request:
                 "waiting": waiting, "tokens": proposal.tokens, "parent": proposal.parents, "choice": proposal.choice,
                 "score": proposal.score, "level": proposal.level, "level_seconds": proposal.level_seconds,
                 "path": path, "draft_seconds": proposal.draft_seconds, "verify_seconds": verify_seconds,
+                "draft_steps": proposal.draft_steps, "tree_forwards": proposal.tree_forwards,
+                "tree_nodes": proposal.tree_nodes,
             })  # fmt: skip
         if proposal.tokens:
             offsets = [i for i, n in enumerate(path) if proposal.choice[n]] + (

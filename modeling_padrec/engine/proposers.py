@@ -43,11 +43,14 @@ class Proposal:
     parent: list[int] | None = None
     draft_steps: int = 0
     draft_seconds: float = 0.0
-    # trees only: the draft's cumulative log-probability of each node's path, each node's level (choices on its
-    # path), and the draft's time from the round's start to the end of each level
+    # trees only: each node's value (the draft's cumulative log-probability of its path, or the log of its
+    # calibrated acceptance) and level (choices on its path), the draft's time from the round's start to the end
+    # of each level, and the draft forwards and nodes spent growing the tree (``draft_steps`` adds the catch-up)
     score: list[float] | None = None
     level: list[int] | None = None
     level_seconds: list[float] | None = None
+    tree_forwards: int = 0
+    tree_nodes: int = 0
 
     @property
     def choices(self) -> int:

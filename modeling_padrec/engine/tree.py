@@ -1,13 +1,17 @@
 """Draft trees over the catalog trie: many candidate continuations, verified in one target forward.
 
 A chain bets a whole round on one path. A tree spends its budget where the draft is unsure: at every choice
-point it keeps the ``width`` best children (EAGLE-2: ranked by the draft's cumulative probability along the
-path), restricted to what the catalog allows there; a forced run extends a child without spending a choice.
-Growth is level by level (a level = one more choice on a path): the ``width`` most promising open ends of the
-last level are expanded, up to ``depth`` levels. Greedy trees are then cut back to the ``budget`` most probable
-choice nodes (their forced runs come with them); sampled trees stop drawing once ``budget`` choices are drawn,
-and are never cut afterwards, so that every choice point's candidates stay draws without replacement from the
-draft's distribution there (which recursive rejection sampling needs to be exact).
+point it keeps the ``width`` best children by the draft, restricted to what the catalog allows there; a forced
+run extends a child without spending a choice. Every node has a value, the sum over its path of one term per
+choice: the draft's log-probability of that choice (EAGLE-2's cumulative probability), or, given a calibrated
+``acceptance`` curve, the log of the rate at which the target accepted drafted choices of that confidence (the
+path's chance to be accepted, when the draft's own probabilities are not calibrated). Growth is level by level
+(a level = one more choice on a path): the ``width`` most valuable open ends of the last level are expanded, up
+to ``depth`` levels. Greedy trees are then cut back to the ``budget`` most valuable choice nodes (their forced
+runs come with them); a branch no better than the ``budget``-th best branch so far can only be cut, so it is
+never expanded (the same tree, fewer draft steps). Sampled trees rank by the draft, stop drawing once
+``budget`` choices are drawn, and are never cut afterwards, so that every choice point's candidates stay draws
+without replacement from the draft's distribution there (which recursive rejection sampling needs to be exact).
 
 The draft steps every node it expands through, one forward per token depth for all branches at once, under a
 tree attention mask (a node sees the sequence and its own ancestors) with per-node positions; a single open
@@ -19,6 +23,7 @@ This file imports only torch and its sibling files: it ships as Hub remote code.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -28,6 +33,35 @@ from .acceptance import Chooser
 from .proposers import DraftProposer, Proposal
 from .scoring import crop
 from .trie import ListState
+
+FLOOR = 1e-6  # the smallest acceptance rate a value takes the log of
+
+
+def check_acceptance(curve) -> list[tuple[float, float]]:
+    """A calibrated acceptance curve as ``[(confidence, rate), ...]``: a drafted choice of draft probability ``p``
+    is accepted at the rate of the last entry whose confidence is at most ``p``. Confidences start at 0 and rise
+    strictly, rates lie in [0, 1] and never fall (a more confident draft is not accepted less often)."""
+    curve = [(float(c), float(r)) for c, r in curve]
+    if not curve or curve[0][0] != 0.0:
+        raise ValueError(
+            "an acceptance curve needs at least one (confidence, rate) entry, the first at confidence 0"
+        )
+    for (c0, r0), (c1, r1) in zip(curve, curve[1:], strict=False):
+        if not c1 > c0 or r1 < r0:
+            raise ValueError(f"acceptance curve: confidences must rise and rates never fall, got {curve}")
+    if not all(0.0 <= r <= 1.0 for _, r in curve):
+        raise ValueError(f"acceptance curve: rates must lie in [0, 1], got {curve}")
+    return curve
+
+
+def log_acceptance(curve: list[tuple[float, float]], confidence: float) -> float:
+    """log of the rate ``curve`` gives a drafted choice of draft probability ``confidence`` (at least ``FLOOR``)."""
+    rate = curve[0][1]
+    for c, r in curve:
+        if c > confidence:
+            break
+        rate = r
+    return math.log(max(rate, FLOOR))
 
 
 def ancestor_mask(parents: list[int]) -> torch.Tensor:
@@ -51,7 +85,7 @@ def token_depths(parents: list[int]) -> list[int]:
 @dataclass
 class _Branch:
     """A choice node and the forced run after it (node ids ``first .. last``), the list state after them, and
-    the draft's cumulative log-probability of the path."""
+    the path's value (the draft's cumulative log-probability, or the log of its calibrated acceptance)."""
 
     first: int
     last: int
@@ -71,10 +105,17 @@ class TreeProposer(DraftProposer):
         depth: most choices on one path (default: the draft's trained depth).
         width: children kept per expanded choice point, and choice points expanded per level.
         budget: most choice nodes per tree (default: no cut beyond ``depth`` levels of ``width``).
+        acceptance: a calibrated acceptance curve (:func:`check_acceptance`) to value greedy trees by instead of
+            the draft's log-probabilities (``modeling_padrec.calibration.acceptance_curve`` fits one).
     """
 
     def __init__(
-        self, draft: torch.nn.Module, depth: int | None = None, width: int = 2, budget: int | None = None
+        self,
+        draft: torch.nn.Module,
+        depth: int | None = None,
+        width: int = 2,
+        budget: int | None = None,
+        acceptance=None,
     ):
         super().__init__(draft, depth)
         if width < 1:
@@ -82,6 +123,7 @@ class TreeProposer(DraftProposer):
         if budget is not None and budget < 1:
             raise ValueError(f"tree budget must be >= 1, got {budget}")
         self.width, self.budget = int(width), budget
+        self.acceptance = None if acceptance is None else check_acceptance(acceptance)
 
     @torch.no_grad()
     def propose(
@@ -105,6 +147,8 @@ class TreeProposer(DraftProposer):
         branches: list[_Branch] = []
         frontier, drawn, level_seconds = [root], 0, []
         sample_budget = self.budget if not chooser.greedy else None
+        cut_budget = self.budget if chooser.greedy else None
+        curve = self.acceptance if chooser.greedy else None
         for _level in range(self.depth):
             if not frontier:
                 break
@@ -132,24 +176,33 @@ class TreeProposer(DraftProposer):
                     picks, logq = chooser.draw(q, k), q.log()
                 drawn += len(picks)
                 for j in picks.tolist():
-                    child = self._add_branch(branch, int(allowed[j]), float(logq[j]), q, max_tokens)
+                    value = (
+                        float(logq[j]) if curve is None else log_acceptance(curve, math.exp(float(logq[j])))
+                    )
+                    child = self._add_branch(branch, int(allowed[j]), value, q, max_tokens)
                     child.index = len(branches)
                     branches.append(child)
                     new.append(child)
             frontier = sorted((b for b in new if b.open), key=lambda b: (-b.score, b.index))[: self.width]
+            if cut_budget is not None and len(branches) >= cut_budget:
+                # the cut keeps the ``budget`` best branches (ties: the earlier); no descendant of a branch worth
+                # no more than the budget-th best can beat them, so it is not grown
+                floor = sorted(b.score for b in branches)[-cut_budget]
+                frontier = [b for b in frontier if b.score > floor]
             level_seconds.append(time.perf_counter() - t0)
         crop(self.cache, committed)  # drop every position drafted on the draft's own features
         keep = self._cut(branches) if chooser.greedy and self.budget is not None else branches
         proposal = self._proposal(keep)
         proposal.level_seconds = level_seconds
         proposal.draft_steps = root_step + self._steps
+        proposal.tree_forwards, proposal.tree_nodes = self._steps, self._stepped
         proposal.draft_seconds = time.perf_counter() - t0
         return proposal
 
     # ------------------------------------------------------------------ growing
 
     def _add_branch(
-        self, parent: _Branch, token: int, logq: float, q: torch.Tensor | None, max_tokens: int
+        self, parent: _Branch, token: int, value: float, q: torch.Tensor | None, max_tokens: int
     ) -> _Branch:
         """A choice node with ``token`` below ``parent``'s last node, then the forced run the catalog appends."""
         state = parent.state.copy()
@@ -166,7 +219,7 @@ class TreeProposer(DraftProposer):
             state.advance(forced)
         is_open = not state.done and depth + 1 < max_tokens and state.forced() is None
         level = parent.level + 1 if parent.first >= 0 else 1
-        return _Branch(first, last, state, parent.score + logq, parent, is_open, level)
+        return _Branch(first, last, state, parent.score + value, parent, is_open, level)
 
     def _node(self, token: int, parent: int, choice: bool, q, depth: int) -> int:
         self._tok.append(token)
@@ -233,7 +286,7 @@ class TreeProposer(DraftProposer):
     # ------------------------------------------------------------------ the proposal
 
     def _cut(self, branches: list[_Branch]) -> list[_Branch]:
-        """The ``budget`` most probable branches (a branch's parent is at least as probable, and ranks first)."""
+        """The ``budget`` most valuable branches (a branch's parent is worth at least as much, and ranks first)."""
         ranked = sorted(branches, key=lambda b: (-b.score, b.index))
         kept: set[int] = set()
         for b in ranked:
