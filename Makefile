@@ -227,6 +227,19 @@ tree-budget-sweep: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.s
 		--out $(REF)/tree-sweep/budget-$$n > /dev/null || exit 1; done
 	$(BIN)/python scripts/tree_sweep.py $(REF)/tree-sweep
 
+# Tree valuation (the PAD-Rec draft, or TREE_RANK_DRAFT): one bench per rank, each the chain and a tree whose shape
+# a calibration picks, its nodes valued by the draft's probabilities or by the calibrated acceptance curve.
+# `make -j2 tree-rank-bench` runs the two side by side, a core each.
+TREE_RANKS      ?= draft acceptance
+TREE_RANK_DRAFT ?= $(REF)/draft-padrec
+TREE_RANK_USERS ?= 100
+.PHONY: tree-rank-bench
+tree-rank-bench: $(foreach r,$(TREE_RANKS),tree-rank-$(r))
+tree-rank-%: install
+	OMP_NUM_THREADS=1 $(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) --users $(TREE_RANK_USERS) \
+		--engine-depth $(ENGINE_DEPTH) --draft pad-rec=$(TREE_RANK_DRAFT) --tree auto --tree-width $(TREE_WIDTH) \
+		--tree-depth $(TREE_DEPTH) --tree-rank $* --only pad-rec,tree:pad-rec --out $(REF)/tree-rank/$* > /dev/null
+
 engine-depth-sweep: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.safetensors)
 	for k in $(ENGINE_DEPTHS); do $(BIN)/padrec bench --target $(REF)/target --data $(SHARED)/$(DATA) \
 		--users $(SWEEP_USERS) --engine-depth $$k $(SWEEP_DRAFTS) \
