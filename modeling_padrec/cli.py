@@ -437,6 +437,8 @@ def cmd_bench(args) -> int:
         return _bench_throughput(args)
     if args.batch_sizes or args.repeats:
         raise PadrecError("--batch-sizes and --repeats belong to the throughput benchmark: add --throughput")
+    if args.tree is None and args.tree_rank != "auto":
+        raise PadrecError("--tree-rank values the nodes of draft trees: add --tree auto|N")
     cfg = BenchConfig(
         target=args.target,
         data=args.data,
@@ -483,7 +485,8 @@ def _bench_throughput(args) -> int:
 
     for flag, value in (("--assistant", args.assistant), ("--lookup-tokens", args.lookup_tokens),
                         ("--only", args.only), ("--depth", args.depth),
-                        ("--temperature", args.temperature)):  # fmt: skip
+                        ("--temperature", args.temperature),
+                        ("--tree-rank", None if args.tree_rank == "auto" else args.tree_rank)):  # fmt: skip
         if value:
             raise PadrecError(f"{flag} belongs to the per-request benchmark; --throughput measures generate, ar-jf "
                               "and the engine's drafts (--engine-depth sets the chain's depth)")  # fmt: skip

@@ -313,6 +313,12 @@ def test_a_fixed_tree_budget_ranked_by_a_calibrated_acceptance_curve(
     assert "valued by the calibrated acceptance curve" in (out / "report.md").read_text()
 
 
+def test_tree_rank_without_a_tree_is_one_line(tmp_path, tiny_target, synthetic_dir, drafts, capsys):
+    code = bench_cli(tiny_target, synthetic_dir, "--users", 2, "--draft", drafts[0], "--tree-rank", "draft")
+    err = capsys.readouterr().err
+    assert code == 2 and "--tree-rank" in err and "add --tree" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("value", ["0", "many", "-3"])
 def test_bad_tree_budget_is_one_line(tmp_path, tiny_target, synthetic_dir, drafts, value, capsys):
     code = bench_cli(tiny_target, synthetic_dir, "--users", 2, "--draft", drafts[0], f"--tree={value}")

@@ -79,3 +79,4 @@ def test_throughput_bad_arguments(tiny_target, synthetic_dir, tmp_path):
     assert_clean_error(padrec(*base, "--batch-sizes", "1,2"), "--throughput")
     assert_clean_error(padrec(*base, "--throughput", "--lookup-tokens", 3), "--lookup-tokens")
     assert_clean_error(padrec(*base, "--throughput", "--temperature", 1), "--temperature")
+    assert_clean_error(padrec(*base, "--throughput", "--tree", 4, "--tree-rank", "acceptance"), "--tree-rank")
