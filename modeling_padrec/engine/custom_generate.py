@@ -129,10 +129,7 @@ def generate(
     settings = _settings(generation_config, kwargs)
     if settings.max_new_tokens is None:
         settings.max_new_tokens = trie.items_per_list * (trie.levels + 1)
-    tree = tree_width is not None or tree_budget is not None or tree_acceptance is not None
-    engine = Engine(
-        model, trie, draft, draft_depth, settings, tree_width if tree else None, tree_budget, tree_acceptance
-    )
+    engine = Engine(model, trie, draft, draft_depth, settings, tree_width, tree_budget, tree_acceptance)
     pad = model.generation_config.pad_token_id
     pad = pad if pad is not None else int(tables["eos_token_id"])
     rows = []

@@ -191,7 +191,7 @@ class TreeProposer(DraftProposer):
                 frontier = [b for b in frontier if b.score > floor]
             level_seconds.append(time.perf_counter() - t0)
         crop(self.cache, committed)  # drop every position drafted on the draft's own features
-        keep = self._cut(branches) if chooser.greedy and self.budget is not None else branches
+        keep = self._cut(branches) if cut_budget is not None else branches
         proposal = self._proposal(keep)
         proposal.level_seconds = level_seconds
         proposal.draft_steps = root_step + self._steps
