@@ -228,9 +228,10 @@ tree-budget-sweep: install $(foreach d,$(BENCH_DRAFTS),$(REF)/draft-$(d)/model.s
 	$(BIN)/python scripts/tree_sweep.py $(REF)/tree-sweep
 
 # Tree valuation (the PAD-Rec draft, or TREE_RANK_DRAFT): one bench per rank, each the chain and a tree whose shape
-# a calibration picks, its nodes valued by the draft's probabilities or by the calibrated acceptance curve.
-# `make -j2 tree-rank-bench` runs the two side by side, a core each.
-TREE_RANKS      ?= draft acceptance
+# a calibration picks, its nodes valued by the draft's probabilities, by the calibrated acceptance curve, by its
+# curves for first and later picks (sibling), or by whichever the calibration replays as fastest, the plain chain
+# included (auto). `make -j2 tree-rank-bench` runs them two at a time, a core each.
+TREE_RANKS      ?= draft acceptance sibling auto
 TREE_RANK_DRAFT ?= $(REF)/draft-padrec
 TREE_RANK_USERS ?= 100
 .PHONY: tree-rank-bench

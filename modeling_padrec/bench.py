@@ -213,8 +213,9 @@ class TreeSpec:
     """Draft trees in the bench: ``budget`` choice nodes per tree, or ``"auto"`` (chosen per draft by a
     calibration on ``calibration_users`` validation users), ``width`` children per choice point, at most
     ``depth`` choices on a path, nodes valued by ``rank``: ``"draft"`` (its log-probabilities), ``"acceptance"``
-    (the acceptance curve the calibration fits) or ``"auto"`` (with ``budget="auto"``, the calibration's choice;
-    with a fixed budget, the draft)."""
+    (the acceptance curve the calibration fits), ``"sibling"`` (its curves for the draft's first pick at a choice
+    point and for the others) or ``"auto"`` (with ``budget="auto"``, the calibration's choice among those and the
+    draft's plain chain, which it takes when no tree is replayed as faster; with a fixed budget, the draft)."""
 
     budget: int | str = "auto"
     width: int = 3
@@ -234,7 +235,7 @@ class TreeSpec:
 
         info = {**stock.info, "width": self.width}
         depth, budget, curve = self.depth, self.budget, None
-        if budget == "auto" or self.rank == "acceptance":
+        if budget == "auto" or self.rank in ("acceptance", "sibling"):
             split = "valid" if rec.dataset.eval_users("valid") else "test"
             # the last users of the split: the bench measures the first ones
             users = rec.dataset.eval_users(split)[-self.calibration_users - 1 :]
@@ -252,10 +253,13 @@ class TreeSpec:
                 bar.close()
             if not fixed:
                 depth, budget = cal.depth, cal.budget
-            curve = cal.curve
+            curve, rank = cal.curve, cal.rank
             info["calibration"] = {"split": split, **cal.to_json()}
-        info.update(depth=depth, budget=budget, rank="draft" if curve is None else "acceptance")
-        engine = rec.engine(stock.draft, depth, self.width, budget, curve)
+        else:
+            rank = "draft"
+        width = None if rank == "chain" else self.width  # the calibration chose no tree: the engine's chain
+        info.update(width=width or 1, depth=depth, budget=budget, rank=rank)
+        engine = rec.engine(stock.draft, depth, width, budget, curve)
         return Method(name, "engine", draft=stock.draft, source=stock.source, info=info, engine=engine)
 
 
@@ -796,6 +800,8 @@ def report_markdown(report: dict) -> str:
 RANK_WORDS = {
     "draft": "the draft's probability",
     "acceptance": "the calibrated acceptance curve",
+    "sibling": "the calibrated acceptance curves of first and later picks",
+    "chain": "nothing: calibration chose the draft's chain",
 }
 
 
@@ -808,9 +814,14 @@ def tree_markdown(report: dict) -> list[str]:
     lines = ["", "## Draft trees", ""]
     for name, m in trees.items():
         vs = m.get("speedup_vs_chain")
+        shape = (
+            f"no tree, calibration chose the draft's chain, depth {m['depth']} (choices per round)"
+            if m.get("rank") == "chain"
+            else f"width {m['width']}, depth {m['depth']} (choices on a path), budget {m['budget']} choice nodes, "
+            f"valued by {RANK_WORDS[m.get('rank', 'draft')]}"
+        )
         lines.append(
-            f"**{name}**: width {m['width']}, depth {m['depth']} (choices on a path), budget {m['budget']} choice "
-            f"nodes, valued by {RANK_WORDS[m.get('rank', 'draft')]}; {_fmt(m['drafted_per_round'], '.1f')} nodes "
+            f"**{name}**: {shape}; {_fmt(m['drafted_per_round'], '.1f')} nodes "
             "verified per round (forced runs included)"
             + (
                 f"; against the chain of the same draft: τ {m['tau_vs_chain']:.2f}×, wall-clock {vs:.2f}× "
@@ -840,7 +851,7 @@ def tree_markdown(report: dict) -> list[str]:
             "| choices / ms |",
             "|---|---|---|---|---|---|---|---|",
             *(
-                f"| {g.get('rank', 'draft')} | {g['depth']} | {g['budget']} | {g['positions']:.1f} "
+                f"| {g.get('rank', 'draft')} | {g['depth']} | {_fmt(g['budget'], 'd')} | {g['positions']:.1f} "
                 f"| {g['choices_per_round']:.2f} | {_fmt(g.get('draft_ms'), '.2f')} | {g['ms_per_round']:.2f} "
                 f"| {g['choices_per_ms']:.4f} |"
                 for g in ranked
@@ -863,6 +874,14 @@ def tree_markdown(report: dict) -> list[str]:
                 + "."
                 if cal.get("acceptance")
                 else ""
+            )
+            + "".join(
+                f" The same for the draft's {which} at a choice point only: "
+                + ", ".join(f"≥ {c:.3f}: {r:.3f}" for c, r in curve_)
+                + "."
+                for which, curve_ in zip(
+                    ("first pick", "other picks"), cal.get("acceptance_by_sibling") or [], strict=False
+                )
             ),
             "",
             "The draft's confidence (its probability of a drafted choice where the target reached that choice "

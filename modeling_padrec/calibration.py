@@ -8,18 +8,22 @@ not the ones benchmarked (validation users):
 1. **the acceptance profile**: the engine decodes the calibration requests with a wide, deep tree (``width``
    children per choice point, ``max_depth`` levels, no budget cut) and traces every round: each node's draft
    confidence, level and whether the target kept it. From it, the **acceptance curve**: the rate at which the
-   target took a drafted choice it reached, by the draft's confidence in it (:func:`acceptance_curve`);
+   target took a drafted choice it reached, by the draft's confidence in it (:func:`acceptance_curve`), over
+   every drafted choice, and apart for the draft's first pick at a choice point and for its others (at the same
+   confidence, the first pick is the likelier to be the target's choice);
 2. **the draft's cost**: per round, its time against the forwards it ran and the nodes it stepped, fitted as
    ms = a + b · forwards + c · nodes (:func:`draft_cost_model`, non-negative least squares);
 3. **the target's cost**: one forward over n new positions under a tree mask, timed after a real prompt for n up
    to the largest tree seen (median of repeats).
 
-Every (rank, depth, budget) is then replayed on the traced rounds: the nodes valued by the draft's log-probability
-or by the acceptance curve (``rank``), the tree cut to its first ``depth`` levels and its ``budget`` most valuable
+Every (rank, depth, budget) is then replayed on the traced rounds: the nodes valued by the draft's log-probability,
+by the acceptance curve or by the two curves by sibling order (``rank``: ``draft``, ``acceptance``, ``sibling``),
+the tree cut to its first ``depth`` levels and its ``budget`` most valuable
 choice nodes (what :class:`~modeling_padrec.engine.tree.TreeProposer` does), the accepted path cut where it leaves
 the cut tree, and the draft charged for the forwards and nodes that growing that tree takes (:func:`growth`: the
-proposer does not grow a branch the cut would drop). The shape with the most choices decided per millisecond is
-chosen. Two approximations: the replay keeps the traced tree's expanded branches, chosen by the draft's values
+proposer does not grow a branch the cut would drop). So is the draft's chain at every depth (each choice point's
+first pick; ``rank="chain"``): no tree at all is a candidate. The shape with the most choices decided per
+millisecond is chosen. Two approximations: the replay keeps the traced tree's expanded branches, chosen by the draft's values
 (ranked by acceptance, the proposer may expand others), and it counts the target's own token at the end of every
 round as one more choice (a correction or a bonus; rarely, a round ends before a forced token and gets none), so
 it slightly favours small trees alike everywhere.
@@ -34,23 +38,32 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .engine import Engine, GenerationSettings
-from .engine.tree import ancestor_mask, log_acceptance
+from .engine.tree import ancestor_mask, check_acceptance, log_acceptance
 
 BUDGETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
-RANKS = ("draft", "acceptance")  # what a tree's nodes are valued by
+RANKS = ("draft", "acceptance", "sibling")  # what a tree's nodes are valued by
+RANK_HELP = {
+    "draft": "the draft's log-probability",
+    "acceptance": "one acceptance curve for every drafted choice",
+    "sibling": "acceptance curves of their own for the draft's first pick at a choice point and for its others",
+    "chain": "no tree: the draft's chain (its first pick at every choice point)",
+}
 
 
 @dataclass
 class TreeCalibration:
     """The chosen tree shape and what it was chosen from (``grid``: every replayed shape)."""
 
-    width: int
+    width: int  # 1 when the chain was chosen (``rank="chain"``)
     depth: int
-    budget: int
+    budget: int | None  # None: no cut (the chain)
     requests: int
     rounds: int
-    rank: str = "draft"
+    rank: str = "draft"  # one of RANKS, or "chain"
     acceptance: list[list[float]] | None = None  # [confidence, rate] pairs (acceptance_curve)
+    acceptance_by_sibling: list[list[list[float]]] | None = (
+        None  # the draft's first picks' curve, its others'
+    )
     target_ms: dict[int, float] = field(default_factory=dict)  # new positions → ms of one target forward
     draft_ms_by_level: list[float] = field(default_factory=list)  # mean draft ms to grow levels 1..k
     draft_ms_model: dict[str, float] = field(default_factory=dict)  # ms per round, per forward, per node
@@ -61,8 +74,13 @@ class TreeCalibration:
 
     @property
     def curve(self) -> list[tuple[float, float]] | None:
-        """The acceptance curve to build the engine with (None when the chosen shape ranks by the draft)."""
-        return None if self.rank != "acceptance" else [tuple(p) for p in self.acceptance]
+        """The acceptance curve(s) to build the engine with (None when the chosen shape is valued by the draft, or
+        is the chain)."""
+        if self.rank == "acceptance":
+            return [tuple(p) for p in self.acceptance]
+        if self.rank == "sibling":
+            return [[tuple(p) for p in cv] for cv in self.acceptance_by_sibling]
+        return None
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -117,26 +135,60 @@ def _branch_heads(parent: list[int], choice: list[bool]) -> list[int]:
     return heads
 
 
+def sibling_orders(parent: list[int], choice: list[bool]) -> list[int]:
+    """For every choice node, its place among the choices drafted at the same choice point (0: the draft's best,
+    which the proposer creates first); -1 for a forced node."""
+    seen: dict[int, int] = {}
+    orders = []
+    for p, c in zip(parent, choice, strict=True):
+        if c:
+            orders.append(seen.get(p, 0))
+            seen[p] = orders[-1] + 1
+        else:
+            orders.append(-1)
+    return orders
+
+
 def _values(round_: dict, curve=None) -> list[float]:
     """Every node's value in a round traced from a tree valued by the draft: the trace's own score (the draft's
-    cumulative log-probability), or with ``curve`` the sum of the log acceptance rates of the path's choices."""
+    cumulative log-probability), or with ``curve`` (one or one per sibling order, as
+    :func:`~modeling_padrec.engine.tree.check_acceptance` takes) the sum of the log acceptance rates of the path's
+    choices."""
     if curve is None:
         return round_["score"]
+    curves = check_acceptance(curve)
     parent, choice, score = round_["parent"], round_["choice"], round_["score"]
     heads = _branch_heads(parent, choice)
+    orders = sibling_orders(parent, choice)
     values: list[float] = []
     for i, p in enumerate(parent):
         if not choice[i]:
             values.append(values[p])
             continue
         above, base = (score[heads[p]], values[heads[p]]) if p >= 0 else (0.0, 0.0)
-        values.append(base + log_acceptance(curve, math.exp(score[i] - above)))
+        values.append(base + log_acceptance(curves, math.exp(score[i] - above), orders[i]))
     return values
 
 
-def _cut(round_: dict, depth: int, budget: int, curve=None) -> tuple[list[int], set[int]]:
+def _chain_cut(round_: dict, depth: int) -> tuple[list[int], set[int]]:
+    """(branch head of every node, the choice nodes kept) of a traced tree cut to the chain a draft proposes:
+    its first pick at every choice point, ``depth`` choices deep (shorter where the traced tree did not grow it)."""
+    parent, choice, level = round_["parent"], round_["choice"], round_["level"]
+    heads = _branch_heads(parent, choice)
+    orders = sibling_orders(parent, choice)
+    kept: set[int] = set()
+    for i, p in enumerate(parent):  # parents come first
+        if orders[i] == 0 and level[i] <= depth and (p < 0 or heads[p] in kept):
+            kept.add(i)
+    return heads, kept
+
+
+def _cut(round_: dict, depth: int, budget: int | None, curve=None) -> tuple[list[int], set[int]]:
     """(branch head of every node, the choice nodes kept) of a traced tree cut to ``depth`` levels and its
-    ``budget`` most valuable choice nodes, a node never without its parent (what the proposer does)."""
+    ``budget`` most valuable choice nodes, a node never without its parent (what the proposer does); with
+    ``curve="chain"``, to the chain (:func:`_chain_cut`)."""
+    if curve == "chain":
+        return _chain_cut(round_, depth)
     parent, choice, level = round_["parent"], round_["choice"], round_["level"]
     score = _values(round_, curve)
     heads = _branch_heads(parent, choice)
@@ -153,9 +205,10 @@ def _cut(round_: dict, depth: int, budget: int, curve=None) -> tuple[list[int], 
     return heads, kept
 
 
-def replay(round_: dict, depth: int, budget: int, curve=None) -> tuple[int, int]:
+def replay(round_: dict, depth: int, budget: int | None, curve=None) -> tuple[int, int]:
     """(positions verified, choices accepted) of one traced round had its tree been cut to ``depth`` levels
-    and ``budget`` choice nodes, valued by the draft or by the acceptance ``curve``."""
+    and ``budget`` choice nodes, valued by the draft or by the acceptance ``curve`` (``"chain"``: had the draft
+    proposed its chain ``depth`` choices deep instead)."""
     parent, choice = round_["parent"], round_["choice"]
     heads, kept = _cut(round_, depth, budget, curve)
     positions = round_["waiting"] + sum(1 for i in range(len(parent)) if heads[i] in kept)
@@ -171,13 +224,19 @@ def growth(round_: dict, depth: int, budget: int | None, curve=None) -> tuple[in
     """(draft forwards, nodes stepped) to grow the tree of one traced round cut to ``depth`` levels and ``budget``
     choice nodes (the catch-up before it not counted). The proposer expands a branch by stepping the draft through
     its nodes (one forward per token depth for all branches of a level), and skips a branch worth no more than the
-    ``budget``-th best so far: the cut would drop it with everything below it."""
+    ``budget``-th best so far: the cut would drop it with everything below it. With ``curve="chain"``: the chain's
+    steps, one forward per token of every choice's run but the last."""
     parent, choice, level = round_["parent"], round_["choice"], round_["level"]
-    values = _values(round_, curve)
     heads = _branch_heads(parent, choice)
     run: dict[int, int] = {}
     for h in heads:
         run[h] = run.get(h, 0) + 1
+    if curve == "chain":
+        _, kept = _chain_cut(round_, depth)
+        # the chain steps over the run of every choice a later choice follows
+        stepped = sum(run[heads[parent[i]]] for i in kept if parent[i] >= 0)
+        return stepped, stepped
+    values = _values(round_, curve)
     grown = {heads[p] for i, p in enumerate(parent) if p >= 0 and choice[i]}
     forwards = nodes = 0
     for lv in range(1, depth):
@@ -217,27 +276,33 @@ def draft_cost_model(rounds: list[dict]) -> tuple[float, float, float]:
 
 
 def _reached(rounds: list[dict]):
-    """(level, the draft's confidence, accepted) of every drafted choice whose choice point the target reached
-    (its parent is on the accepted path, or is the root); the confidence is the draft's probability of it there."""
+    """(level, the draft's confidence, accepted, sibling order) of every drafted choice whose choice point the
+    target reached (its parent is on the accepted path, or is the root); the confidence is the draft's probability
+    of it there."""
     for r in rounds:
         on_path = set(r["path"])
         parent, choice, score, level = r["parent"], r["choice"], r["score"], r["level"]
         heads = _branch_heads(parent, choice)
+        orders = sibling_orders(parent, choice)
         for i, p in enumerate(parent):
             if not choice[i] or not (p < 0 or p in on_path):
                 continue
             above = score[heads[p]] if p >= 0 else 0.0
-            yield level[i], math.exp(score[i] - above), i in on_path
+            yield level[i], math.exp(score[i] - above), i in on_path, orders[i]
 
 
-def acceptance_curve(rounds: list[dict], bins: int = 10) -> list[tuple[float, float]]:
+def acceptance_curve(
+    rounds: list[dict], bins: int = 10, first: bool | None = None
+) -> list[tuple[float, float]]:
     """The rate at which the target takes a drafted choice it reached, by the draft's confidence in it: the
     choices in ``bins`` groups of equal size by confidence (equal confidences never split), pooled with their
-    neighbours until the rate never falls as the confidence rises (pool-adjacent-violators). Returns
+    neighbours until the rate never falls as the confidence rises (pool-adjacent-violators). ``first``: True for
+    the draft's first pick at each choice point only, False for its other picks only, None for all. Returns
     ``[(confidence, rate), ...]``, the first at confidence 0, for :class:`~modeling_padrec.engine.tree.TreeProposer`."""
-    pairs = sorted((c, a) for _, c, a in _reached(rounds))
+    pairs = sorted((c, a) for _, c, a, order in _reached(rounds) if first is None or (order == 0) == first)
     if not pairs:
-        raise ValueError("acceptance curve: the traced rounds reached no drafted choice")
+        which = {None: "", True: " first-pick", False: " later-pick"}[first]
+        raise ValueError(f"acceptance curve: the traced rounds reached no{which} drafted choice")
     size = max(1, math.ceil(len(pairs) / bins))
     groups: list[list] = []  # [first confidence, count, accepted]
     last = None
@@ -266,7 +331,7 @@ def confidence_by_level(rounds: list[dict], bins: int = 5) -> list[dict]:
     the root); its confidence is the draft's probability of it there. Per level: the mean confidence, the
     acceptance rate, and both per confidence bin (a reliability curve), with the expected calibration error."""
     by_level: dict[int, list[tuple[float, bool]]] = {}
-    for lv, c, a in _reached(rounds):
+    for lv, c, a, _ in _reached(rounds):
         by_level.setdefault(lv, []).append((c, a))
     out = []
     for lv in sorted(by_level):
@@ -357,12 +422,19 @@ def calibrate_tree(
     other = statistics.mean(other_ms)
     per_round, per_forward, per_node = draft_cost_model(rounds)
     curve = acceptance_curve(rounds)
+    by_sibling = []
+    for first in (True, False):
+        try:
+            by_sibling.append(acceptance_curve(rounds, first=first))
+        except ValueError:  # no choice of that kind was reached: the pooled curve stands in
+            by_sibling.append(curve)
+    curves = {"draft": None, "acceptance": curve, "sibling": by_sibling, "chain": "chain"}
     catch_up = [r["draft_steps"] - r["tree_forwards"] for r in rounds]
     grid = []
-    for rank_ in RANKS if rank == "auto" else (rank,):
-        values = curve if rank_ == "acceptance" else None
+    for rank_ in (*RANKS, "chain") if rank == "auto" else (rank,):
+        values = curves[rank_]
         for depth in range(1, levels + 1):
-            for budget in budgets:
+            for budget in (None,) if rank_ == "chain" else budgets:
                 replays = [replay(r, depth, budget, values) for r in rounds]
                 grown = [growth(r, depth, budget, values) for r in rounds]
                 positions = statistics.mean(p for p, _ in replays)
@@ -377,15 +449,16 @@ def calibrate_tree(
                     "choices_per_round": round(choices, 3), "draft_ms": round(draft, 3), "ms_per_round": round(ms, 3),
                     "choices_per_ms": round(choices / ms, 5),
                 })  # fmt: skip
-    best = max(grid, key=lambda g: (g["choices_per_ms"], -g["budget"]))
+    # the most choices per ms; on a tie the smaller tree (the chain first)
+    best = max(grid, key=lambda g: (g["choices_per_ms"], -(g["budget"] or 0)))
     tm = rec.token_map
     branching = branching_by_slot(
-        rounds, best["depth"], best["budget"], tm.slot_table().tolist(), tm.slot_names(),
-        curve if best["rank"] == "acceptance" else None,
-    )  # fmt: skip
+        rounds, best["depth"], best["budget"], tm.slot_table().tolist(), tm.slot_names(), curves[best["rank"]]
+    )
     return TreeCalibration(
-        width=width, depth=best["depth"], budget=best["budget"], requests=len(users) - 1, rounds=len(rounds),
-        rank=best["rank"], acceptance=[[c, r] for c, r in curve],
+        width=1 if best["rank"] == "chain" else width, depth=best["depth"], budget=best["budget"],
+        requests=len(users) - 1, rounds=len(rounds), rank=best["rank"], acceptance=[[c, r] for c, r in curve],
+        acceptance_by_sibling=[[[c, r] for c, r in cv] for cv in by_sibling],
         target_ms={k: round(v, 4) for k, v in target_ms.items()}, draft_ms_by_level=[round(d, 4) for d in draft_ms],
         draft_ms_model={"per_round": round(per_round, 4), "per_forward": round(per_forward, 4),
                         "per_node": round(per_node, 4)},

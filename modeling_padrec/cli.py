@@ -789,11 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--tree-rank",
-        choices=("auto", "draft", "acceptance"),
+        choices=("auto", "draft", "acceptance", "sibling"),
         default="auto",
-        help="with --tree: value greedy tree nodes by the draft's probability or by the acceptance curve a "
-        "calibration on validation users fits (auto: whichever the calibration replays as faster; a fixed "
-        "--tree N with auto ranks by the draft)",
+        help="with --tree: value greedy tree nodes by the draft's probability, by the acceptance curve a "
+        "calibration on validation users fits, or by its two curves for the draft's first pick at a choice point "
+        "and for its others (sibling) (auto: whichever the calibration replays as faster, or the draft's chain "
+        "when no tree is; a fixed --tree N with auto ranks by the draft)",
     )
     b.add_argument(
         "--temperature",

@@ -16,6 +16,7 @@ from transformers import LogitsProcessorList
 from .constraint import CatalogListConstraint, parse_list
 from .data import RecDataset
 from .engine import CatalogTrie, Engine, GenerationSettings
+from .engine.tree import check_acceptance
 from .errors import PadrecError
 from .examples import ItemEncoder, left_pad
 from .target import Target
@@ -138,9 +139,11 @@ class Recommender:
     ) -> Engine:
         """padrec's engine for this target and catalog (greedy), with ``draft`` proposing ``depth`` choices per
         round (default: the draft's trained depth), as a chain or, with ``width``, a tree of at most ``budget``
-        choice nodes, valued by the draft or by a calibrated ``acceptance`` curve; built once per (draft, depth,
-        width, budget, curve)."""
-        curve = None if acceptance is None else tuple(map(tuple, acceptance))
+        choice nodes, valued by the draft or by calibrated ``acceptance`` curves (one, or one per sibling order);
+        built once per (draft, depth, width, budget, curves)."""
+        curve = (
+            None if acceptance is None else tuple(tuple(map(tuple, c)) for c in check_acceptance(acceptance))
+        )
         key = (id(draft), depth, width, budget, curve)
         if key not in self._engines:
             settings = GenerationSettings(max_new_tokens=self.max_new_tokens)

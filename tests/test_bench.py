@@ -17,8 +17,10 @@ from modeling_padrec.bench import (
     BenchMismatch,
     Measurement,
     Method,
+    TreeSpec,
     run_bench,
     summarize,
+    tree_markdown,
 )
 from modeling_padrec.cli import main
 from modeling_padrec.data import load_dataset
@@ -274,10 +276,15 @@ def test_draft_trees_in_the_bench_with_a_calibrated_shape(tmp_path, tiny_target,
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["ar", "pad-rec", "tree:pad-rec"]
     tree = report["methods"]["tree:pad-rec"]
-    assert tree["identical"] == 1.0 and tree["kind"] == "engine" and tree["width"] == 2
     cal = tree["calibration"]
+    assert tree["identical"] == 1.0 and tree["kind"] == "engine" and tree["width"] == cal["width"]
+    assert cal["width"] == (1 if cal["rank"] == "chain" else 2)
     assert cal["split"] == "valid" and (tree["depth"], tree["budget"]) == (cal["depth"], cal["budget"])
-    assert tree["rank"] == cal["rank"] and {g["rank"] for g in cal["grid"]} == {"draft", "acceptance"}
+    ranks = {"draft", "acceptance", "sibling", "chain"}  # the chain is a candidate: no tree at all
+    assert tree["rank"] == cal["rank"] and {g["rank"] for g in cal["grid"]} == ranks
+    assert {g["budget"] for g in cal["grid"] if g["rank"] == "chain"} == {None}
+    first, later = cal["acceptance_by_sibling"]
+    assert first[0][0] == 0.0 and [r for _, r in first] == sorted(r for _, r in first)
     shape = (tree["rank"], tree["depth"], tree["budget"])
     chosen = [g for g in cal["grid"] if (g["rank"], g["depth"], g["budget"]) == shape]
     assert chosen[0]["choices_per_ms"] == max(g["choices_per_ms"] for g in cal["grid"])
@@ -299,18 +306,49 @@ def test_draft_trees_in_the_bench_with_a_calibrated_shape(tmp_path, tiny_target,
     )
 
 
+def test_a_calibration_that_finds_no_tree_faster_gives_the_chain(
+    monkeypatch, tiny_target, synthetic_dir, drafts
+):
+    """When every draft forward costs a thousand seconds and every verified position one, nothing beats drafting
+    one choice a round (no forward beyond the catch-up every shape pays) and verifying only it: the chain one
+    choice deep, tied with the one-node tree. The calibration chooses the chain, and the bench's tree method is
+    the engine's plain chain."""
+    from modeling_padrec import calibration
+    from modeling_padrec.engine.proposers import DraftProposer
+    from modeling_padrec.engine.tree import TreeProposer
+
+    monkeypatch.setattr(
+        calibration, "target_cost", lambda engine, prompt, sizes, repeats=5: {n: 1000.0 * n for n in sizes}
+    )
+    monkeypatch.setattr(calibration, "draft_cost_model", lambda rounds: (0.0, 1e6, 0.0))
+    rec = Recommender(load_target(tiny_target), load_dataset(synthetic_dir))
+    stock = next(m for m in bench_module.build_methods(rec, [drafts[0]]) if m.name == "pad-rec")
+    method = TreeSpec(budget="auto", width=2, depth=3).method(rec, "tree:pad-rec", stock)
+    info = method.info
+    assert (info["rank"], info["width"], info["budget"], info["depth"]) == ("chain", 1, None, 1)
+    assert info["calibration"]["rank"] == "chain" and info["calibration"]["width"] == 1
+    proposer = method.engine.proposer
+    assert isinstance(proposer, DraftProposer) and not isinstance(proposer, TreeProposer)
+    assert method.engine is rec.engine(stock.draft, 1)
+    report = {"methods": {"tree:pad-rec": {**info, "calibration": None, "drafted_per_round": 2.0}}}
+    assert "no tree, calibration chose the draft's chain, depth 1" in "\n".join(tree_markdown(report))
+
+
+@pytest.mark.parametrize("rank", ["acceptance", "sibling"])
 def test_a_fixed_tree_budget_ranked_by_a_calibrated_acceptance_curve(
-    tmp_path, tiny_target, synthetic_dir, drafts
+    tmp_path, tiny_target, synthetic_dir, drafts, rank
 ):
     out = tmp_path / "ranked"
     code = bench_cli(tiny_target, synthetic_dir, "--users", 3, "--warmup", 1, "--draft", drafts[0], "--tree", 4,
-                     "--tree-depth", 2, "--tree-rank", "acceptance", "--only", "tree:pad-rec", "--out", out)  # fmt: skip
+                     "--tree-depth", 2, "--tree-rank", rank, "--only", "tree:pad-rec", "--out", out)  # fmt: skip
     assert code == 0
     tree = json.loads((out / "report.json").read_text())["methods"]["tree:pad-rec"]
-    assert (tree["budget"], tree["depth"], tree["rank"], tree["identical"]) == (4, 2, "acceptance", 1.0)
+    assert (tree["budget"], tree["depth"], tree["rank"], tree["identical"]) == (4, 2, rank, 1.0)
     cal = tree["calibration"]
-    assert cal["rank"] == "acceptance" and {g["budget"] for g in cal["grid"]} == {4}
-    assert "valued by the calibrated acceptance curve" in (out / "report.md").read_text()
+    assert cal["rank"] == rank and {g["budget"] for g in cal["grid"]} == {4}
+    assert {g["rank"] for g in cal["grid"]} == {rank}  # a fixed valuation: no chain among the candidates
+    text = (out / "report.md").read_text()
+    assert f"valued by {bench_module.RANK_WORDS[rank]}" in text and "for the draft's first pick" in text
 
 
 def test_tree_rank_without_a_tree_is_one_line(tmp_path, tiny_target, synthetic_dir, drafts, capsys):

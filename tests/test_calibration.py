@@ -9,11 +9,13 @@ import torch
 from draft_world import EOS, SEP, make_world, perturbed
 
 from modeling_padrec.calibration import (
+    _chain_cut,
     acceptance_curve,
     confidence_by_level,
     draft_cost_model,
     growth,
     replay,
+    sibling_orders,
 )
 from modeling_padrec.draft import new_draft
 from modeling_padrec.engine import CatalogTrie, Engine, GenerationSettings
@@ -57,6 +59,67 @@ def test_replay_by_acceptance_values_each_choice_by_the_curve():
     assert replay(ROUND, depth=2, budget=2) == (2 + 3, 2)  # by the draft, c (-0.3) beats b (-0.9)
 
 
+def test_sibling_orders_follow_creation_at_each_choice_point():
+    assert sibling_orders(ROUND["parent"], ROUND["choice"]) == [
+        0,
+        -1,
+        0,
+        1,
+        0,
+    ]  # a first, b second at the root
+    # root ─ x, y, z; x ─ x'(forced) ─ u, v
+    assert sibling_orders([-1, -1, -1, 0, 3, 3], [True, True, True, False, True, True]) == [0, 1, 2, -1, 0, 1]
+
+
+def test_replay_by_sibling_curves_values_first_picks_apart():
+    # a and d are first picks (confidences .905, .905), c a first pick (.819), b the root's second pick (.407)
+    pooled = [(0.0, 0.5), (0.85, 0.9)]  # a .9, c .5, b .5, d .9: b's -0.693 beats c's -0.798
+    assert replay(ROUND, depth=2, budget=2, curve=pooled) == (2 + 3, 1)  # a, a', b
+    # by sibling order: a first pick of .819 is taken at .8, a second pick of .407 at .3: c beats b
+    siblings = [[(0.0, 0.8), (0.85, 0.9)], [(0.0, 0.3)]]
+    assert replay(ROUND, depth=2, budget=2, curve=siblings) == (2 + 3, 2)  # a, a', c: both accepted
+    # one curve for every sibling is the pooled curve
+    assert replay(ROUND, depth=2, budget=2, curve=[pooled]) == replay(ROUND, depth=2, budget=2, curve=pooled)
+
+
+def test_replay_of_the_chain_takes_every_first_pick():
+    # the chain: a (a' forced) then c; b and d are nobody's first pick on the chain's path
+    assert replay(ROUND, depth=2, budget=None, curve="chain") == (2 + 3, 2)
+    assert replay(ROUND, depth=1, budget=None, curve="chain") == (2 + 2, 1)
+    # to draft c the chain steps over a and a' (one forward each); it never steps over its last choice
+    assert growth(ROUND, depth=2, budget=None, curve="chain") == (2, 2)
+    assert growth(ROUND, depth=1, budget=None, curve="chain") == (0, 0)
+    # the target took b, the root's second pick: the chain decides nothing beyond the target's own token
+    round_ = {**ROUND, "path": [3, 4]}
+    assert replay(round_, depth=2, budget=None, curve="chain") == (2 + 3, 0)
+
+
+def test_the_chain_replayed_from_a_traced_tree_is_the_chain_the_engine_drafts():
+    """On the same state (a request's first drafted round), the chain cut from a traced tree is the chain the
+    engine's own chain proposes, token for token, and costs the draft forwards it ran."""
+    compared = 0
+    for seed in range(4):
+        world = make_world(levels=3, codes=4, num_items=40, list_len=4, seed=seed)
+        trie = CatalogTrie(torch.tensor(world.items), SEP, EOS, world.list_len)
+        draft = perturbed(new_draft(world.target, world.token_map, depth=4, seed=seed), scale=1.0, seed=seed)
+        sets = GenerationSettings(max_new_tokens=16)
+        prompt = world.prompt([0, 1])
+        tree = Engine(world.target, trie, draft, 3, sets, width=4).generate(prompt, trace=True).trace[0]
+        chain = Engine(world.target, trie, draft, 3, sets).generate(prompt, trace=True).trace[0]
+        heads, kept = _chain_cut(tree, 3)
+        nodes = [i for i in range(len(tree["parent"])) if heads[i] in kept]
+        if sum(tree["choice"][i] for i in nodes) < 3 and len(chain["tokens"]) > len(nodes):
+            continue  # the traced tree did not grow the chain's whole path (a wider frontier beat it)
+        assert [tree["tokens"][i] for i in nodes] == chain["tokens"]
+        positions, accepted = replay(tree, 3, None, "chain")
+        assert positions == chain["waiting"] + len(chain["tokens"])
+        assert accepted == sum(chain["choice"][n] for n in chain["path"])
+        catch_up = tree["draft_steps"] - tree["tree_forwards"]
+        assert growth(tree, 3, None, "chain")[0] == chain["draft_steps"] - catch_up
+        compared += 1
+    assert compared >= 3
+
+
 def test_growth_steps_only_the_branches_that_can_survive_the_cut():
     # the draft steps a (2 nodes: a, a') and b (1 node) to grow level 2: one forward per token depth
     assert growth(ROUND, depth=2, budget=None) == (2, 3)
@@ -86,6 +149,15 @@ def test_acceptance_curve_pools_until_it_rises():
     assert acceptance_curve(one_choice_point(ties), bins=6) == [(0.0, round(5 / 6, 6))]  # ties never split
     with pytest.raises(ValueError, match="no drafted choice"):
         acceptance_curve([])
+
+
+def test_acceptance_curves_of_first_and_later_picks():
+    # ROUND reaches a (first pick, taken), b (second pick, not taken) at the root and c (first pick, taken)
+    assert acceptance_curve([ROUND], bins=1, first=True) == [(0.0, 1.0)]
+    assert acceptance_curve([ROUND], bins=1, first=False) == [(0.0, 0.0)]
+    assert acceptance_curve([ROUND], bins=1) == [(0.0, round(2 / 3, 6))]
+    with pytest.raises(ValueError, match="no later-pick drafted choice"):
+        acceptance_curve(one_choice_point([(0.5, 1)]), first=False)
 
 
 def chain_round(steps, forwards, nodes, ms):

@@ -16,12 +16,19 @@ from hypothesis import strategies as st
 from test_engine import AdversarialDraft, catalog_items, chi_square_p, exact_list_probabilities
 
 from modeling_padrec.bench import choice_positions
-from modeling_padrec.calibration import _cut, growth
+from modeling_padrec.calibration import _cut, growth, sibling_orders
 from modeling_padrec.draft import new_draft
 from modeling_padrec.engine import CatalogTrie, Engine, GenerationSettings
 from modeling_padrec.engine.acceptance import Chooser
 from modeling_padrec.engine.proposers import DraftProposer, Proposal
-from modeling_padrec.engine.tree import FLOOR, TreeProposer, ancestor_mask, check_acceptance, token_depths
+from modeling_padrec.engine.tree import (
+    FLOOR,
+    TreeProposer,
+    ancestor_mask,
+    check_acceptance,
+    log_acceptance,
+    token_depths,
+)
 
 
 def make_draft(world, kind: str, depth: int, seed: int):
@@ -88,7 +95,12 @@ def test_tree_greedy_equals_stock_generate(
     trie = CatalogTrie(torch.tensor(items), SEP, EOS, list_len)
     draft = make_draft(world, draft_kind, depth, seed)
     sets = GenerationSettings(max_new_tokens=max_new)
-    curve = random_curve(random.Random(seed)) if ranked else None  # valued by an acceptance curve
+    rng = random.Random(seed)
+    curve = None  # valued by an acceptance curve, one or one per sibling order
+    if ranked:
+        curve = (
+            random_curve(rng) if rng.random() < 0.5 else [random_curve(rng) for _ in range(rng.randint(1, 3))]
+        )
     got = Engine(
         world.target, trie, draft, depth, sets, width=width, budget=budget, acceptance=curve
     ).generate(prompt)
@@ -231,12 +243,21 @@ def test_bad_tree_arguments():
         ([(0.0, 0.5), (0.5, 0.4)], "never fall"),
         ([(0.0, 0.5), (0.0, 0.6)], "must rise"),
         ([(0.0, 0.5), (0.5, 1.5)], r"\[0, 1\]"),
+        ([[(0.0, 0.5)], []], "at least one"),  # one curve per sibling order: each is checked
+        ([[(0.0, 0.5)], [(0.0, 0.5), (0.5, 0.4)]], "never fall"),
     ):
         with pytest.raises(ValueError, match=words):
             check_acceptance(bad)
+    # one curve is every sibling's; a list of curves is one per sibling order, whatever its length
+    assert check_acceptance([(0, 0.5), (0.5, 0.9)]) == [[(0.0, 0.5), (0.5, 0.9)]]
+    assert check_acceptance([[(0, 0.5), (0.5, 0.9)]]) == [[(0.0, 0.5), (0.5, 0.9)]]
+    assert check_acceptance([[(0, 0.9)], [(0, 0.2), (0.5, 0.4)]]) == [[(0.0, 0.9)], [(0.0, 0.2), (0.5, 0.4)]]
+    curves = check_acceptance([[(0, 0.9)], [(0, 0.2), (0.5, 0.4)]])
+    assert log_acceptance(curves, 0.3, 0) == math.log(0.9)  # the first pick's curve
+    assert log_acceptance(curves, 0.3, 1) == math.log(0.2) and log_acceptance(curves, 0.6, 5) == math.log(0.4)
 
 
-@pytest.mark.parametrize("ranked", [False, True])
+@pytest.mark.parametrize("ranked", [None, "one curve", "by sibling"])
 def test_a_budget_cuts_the_full_tree_and_skips_growing_what_it_cuts(ranked):
     """A budgeted tree is the full tree cut to its ``budget`` most valuable choice nodes, node for node, and the
     draft does not step through the branches the cut drops: exactly the forwards and nodes :func:`growth`
@@ -246,7 +267,12 @@ def test_a_budget_cuts_the_full_tree_and_skips_growing_what_it_cuts(ranked):
         world = make_world(levels=3, codes=4, num_items=40, list_len=4, seed=seed)
         trie = CatalogTrie(torch.tensor(world.items), SEP, EOS, world.list_len)
         draft = perturbed(new_draft(world.target, world.token_map, depth=4, seed=seed), scale=1.0, seed=seed)
-        curve = random_curve(random.Random(seed)) if ranked else None
+        rng = random.Random(seed)
+        curve = {
+            None: None,
+            "one curve": random_curve(rng),
+            "by sibling": [random_curve(rng), random_curve(rng)],
+        }[ranked]
         sets = GenerationSettings(max_new_tokens=16)
         prompt = world.prompt([0, 1])
         budget = 2 + seed % 3
@@ -255,10 +281,14 @@ def test_a_budget_cuts_the_full_tree_and_skips_growing_what_it_cuts(ranked):
             engine = Engine(world.target, trie, draft, 4, sets, width=3, budget=b, acceptance=curve)
             first[b] = engine.generate(prompt, trace=True).trace[0]  # the same state: the first drafted round
         full, cut = first[None], first[budget]
-        if ranked:  # every choice adds the log of one of the curve's rates to its path's value
-            logs = [math.log(max(r, FLOOR)) for _, r in curve]
+        if (
+            ranked
+        ):  # every choice adds the log of one of its sibling order's curve's rates to its path's value
+            curves = check_acceptance(curve)
+            orders = sibling_orders(full["parent"], full["choice"])
             for i, p in enumerate(full["parent"]):
                 if full["choice"][i]:
+                    logs = [math.log(max(r, FLOOR)) for _, r in curves[min(orders[i], len(curves) - 1)]]
                     step = full["score"][i] - (full["score"][p] if p >= 0 else 0.0)
                     assert min(abs(step - v) for v in logs) < 1e-9
         heads, kept = _cut(full, 4, budget)  # the trace's scores are the values the tree ranked by

@@ -12,7 +12,8 @@ ids, the separator, EOS and the list length). With nothing but transformers and 
 Extra arguments (all optional): ``catalog`` (a folder or repo id holding ``catalog.safetensors``, or an
 ``(items, L)`` tensor / nested list of code token ids; default: the draft's repo), ``draft_depth`` (choices per
 round), ``tree_width``, ``tree_budget`` and ``tree_acceptance`` (draft a tree instead of a chain; the last a
-calibrated acceptance curve to rank its nodes by, ``[(confidence, rate), ...]``). A catalog passed at call time must
+calibrated acceptance curve to rank its nodes by, ``[(confidence, rate), ...]``, or a list of such curves by
+sibling order: the draft's first pick at a choice point, then its others). A catalog passed at call time must
 keep every trained item's codes (items may be appended); any other is refused. Greedy by default;
 ``do_sample=True`` with ``temperature`` / ``top_k`` / ``top_p`` samples under the catalog. Rows of a batch are
 decoded one after another (left padding is removed per row) and returned padded with the pad token, like

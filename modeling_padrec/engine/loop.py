@@ -74,8 +74,8 @@ class Engine:
         settings: greedy (default) or sampling, and ``max_new_tokens``.
         width: draft a tree instead of a chain (:class:`~.tree.TreeProposer`): ``width`` children per expanded
             choice point, up to ``depth`` choices on a path and ``budget`` choice nodes per tree.
-        acceptance: a calibrated acceptance curve to value greedy tree nodes by (:class:`~.tree.TreeProposer`);
-            implies a tree.
+        acceptance: a calibrated acceptance curve, or one per sibling order, to value greedy tree nodes by
+            (:class:`~.tree.TreeProposer`); implies a tree.
 
     ``engine.generate(prompt_ids)`` decodes one request (a list of token ids ending with the prompt-end token).
     """

@@ -5,7 +5,9 @@ point it keeps the ``width`` best children by the draft, restricted to what the 
 run extends a child without spending a choice. Every node has a value, the sum over its path of one term per
 choice: the draft's log-probability of that choice (EAGLE-2's cumulative probability), or, given a calibrated
 ``acceptance`` curve, the log of the rate at which the target accepted drafted choices of that confidence (the
-path's chance to be accepted, when the draft's own probabilities are not calibrated). Growth is level by level
+path's chance to be accepted, when the draft's own probabilities are not calibrated); with one curve per sibling
+order, the draft's best child at a choice point and its later children are valued by curves of their own (at the
+same confidence the draft's first pick is the likelier to be the target's). Growth is level by level
 (a level = one more choice on a path): the ``width`` most valuable open ends of the last level are expanded, up
 to ``depth`` levels. Greedy trees are then cut back to the ``budget`` most valuable choice nodes (their forced
 runs come with them); a branch no better than the ``budget``-th best branch so far can only be cut, so it is
@@ -37,10 +39,19 @@ from .trie import ListState
 FLOOR = 1e-6  # the smallest acceptance rate a value takes the log of
 
 
-def check_acceptance(curve) -> list[tuple[float, float]]:
-    """A calibrated acceptance curve as ``[(confidence, rate), ...]``: a drafted choice of draft probability ``p``
-    is accepted at the rate of the last entry whose confidence is at most ``p``. Confidences start at 0 and rise
+def check_acceptance(acceptance) -> list[list[tuple[float, float]]]:
+    """Calibrated acceptance curves, one per sibling order, as ``[[(confidence, rate), ...], ...]``: the k-th curve
+    is for the draft's k-th best child at a choice point (the last one for every later child); one curve
+    ``[(confidence, rate), ...]`` is for every child alike. In a curve, a drafted choice of draft probability ``p``
+    is accepted at the rate of the last entry whose confidence is at most ``p``; confidences start at 0 and rise
     strictly, rates lie in [0, 1] and never fall (a more confident draft is not accepted less often)."""
+    acceptance = list(acceptance)
+    single = not acceptance or (len(acceptance[0]) == 2 and not hasattr(acceptance[0][0], "__len__"))
+    curves = [acceptance] if single else acceptance
+    return [_check_curve(curve) for curve in curves]
+
+
+def _check_curve(curve) -> list[tuple[float, float]]:
     curve = [(float(c), float(r)) for c, r in curve]
     if not curve or curve[0][0] != 0.0:
         raise ValueError(
@@ -54,8 +65,11 @@ def check_acceptance(curve) -> list[tuple[float, float]]:
     return curve
 
 
-def log_acceptance(curve: list[tuple[float, float]], confidence: float) -> float:
-    """log of the rate ``curve`` gives a drafted choice of draft probability ``confidence`` (at least ``FLOOR``)."""
+def log_acceptance(curves: list[list[tuple[float, float]]], confidence: float, order: int = 0) -> float:
+    """log of the rate the curve of sibling ``order`` (0: the draft's best child at its choice point) gives a
+    drafted choice of draft probability ``confidence`` (at least ``FLOOR``); ``curves`` as
+    :func:`check_acceptance` returns them."""
+    curve = curves[min(order, len(curves) - 1)]
     rate = curve[0][1]
     for c, r in curve:
         if c > confidence:
@@ -105,8 +119,9 @@ class TreeProposer(DraftProposer):
         depth: most choices on one path (default: the draft's trained depth).
         width: children kept per expanded choice point, and choice points expanded per level.
         budget: most choice nodes per tree (default: no cut beyond ``depth`` levels of ``width``).
-        acceptance: a calibrated acceptance curve (:func:`check_acceptance`) to value greedy trees by instead of
-            the draft's log-probabilities (``modeling_padrec.calibration.acceptance_curve`` fits one).
+        acceptance: a calibrated acceptance curve, or one per sibling order (:func:`check_acceptance`), to value
+            greedy trees by instead of the draft's log-probabilities (``modeling_padrec.calibration.acceptance_curve``
+            fits them).
     """
 
     def __init__(
@@ -175,9 +190,11 @@ class TreeProposer(DraftProposer):
                     q = chooser.probs(scores)
                     picks, logq = chooser.draw(q, k), q.log()
                 drawn += len(picks)
-                for j in picks.tolist():
+                for order, j in enumerate(picks.tolist()):  # greedy picks: the draft's best first
                     value = (
-                        float(logq[j]) if curve is None else log_acceptance(curve, math.exp(float(logq[j])))
+                        float(logq[j])
+                        if curve is None
+                        else log_acceptance(curve, math.exp(float(logq[j])), order)
                     )
                     child = self._add_branch(branch, int(allowed[j]), value, q, max_tokens)
                     child.index = len(branches)
