@@ -126,6 +126,20 @@ reference-throughput: install $(REF)/draft-padrec/model.safetensors
 		--draft $(REF)/draft-padrec --engine-depth $(THROUGHPUT_DEPTH) $(THROUGHPUT_TREE) \
 		--batch-sizes $(THROUGHPUT_SIZES) --users $(THROUGHPUT_USERS) $(MERGE) --out $(REF)/throughput$(if $(MERGE),-merged)
 
+# The chain's depth under batching: the throughput benchmark at THROUGHPUT_SWEEP_SIZES for every chain depth in
+# THROUGHPUT_DEPTHS (one run per depth, each with its own batched-generate reference); the summary table is
+# $(REF)/throughput-depth/sweep.md.
+THROUGHPUT_DEPTHS      ?= 2 3 4 6 8 10
+THROUGHPUT_SWEEP_SIZES ?= 16,64
+THROUGHPUT_SWEEP_DRAFT ?= $(REF)/draft-padrec
+.PHONY: throughput-depth-sweep
+throughput-depth-sweep: install
+	for k in $(THROUGHPUT_DEPTHS); do OMP_NUM_THREADS=1 $(BIN)/padrec bench --throughput --target $(REF)/target \
+		--data $(SHARED)/$(DATA) --draft $(THROUGHPUT_SWEEP_DRAFT) --engine-depth $$k \
+		--batch-sizes $(THROUGHPUT_SWEEP_SIZES) --users $(THROUGHPUT_USERS) \
+		--out $(REF)/throughput-depth/depth-$$k > /dev/null || exit 1; done
+	$(BIN)/python scripts/depth_sweep.py $(REF)/throughput-depth
+
 # A whole-split job (padrec recommend --all) with one process and with two (accelerate launch, gloo on the CPU):
 # JOB_USERS test users (all of them when empty), the PAD-Rec draft's chain, batch size JOB_BATCH. Timings are the
 # jobs' own summary lines, kept in $(REF)/job-*.log; the two outputs must be the same bytes.

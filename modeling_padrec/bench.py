@@ -835,6 +835,7 @@ def tree_markdown(report: dict) -> list[str]:
         if cal is None:
             continue
         grid = cal["grid"]
+        traced = (report["config"].get("tree") or {}).get("width", cal["width"])  # cal's: the chosen shape's
         ranked = sorted(grid, key=lambda g: -g["choices_per_ms"])[:5]
         best_per_rank = {}
         for g in sorted(grid, key=lambda g: -g["choices_per_ms"]):
@@ -844,7 +845,7 @@ def tree_markdown(report: dict) -> list[str]:
         lines += [
             "",
             f"Shape chosen by calibration on {cal['requests']} {cal['split']} requests ({cal['rounds']} rounds of a "
-            f"width-{cal['width']} tree, no budget cut): the best replayed shapes (and the best of each ranking), "
+            f"width-{traced} tree, no budget cut): the best replayed shapes (and the best of each ranking), "
             f"choices decided per ms of a round (draft + verify + the loop's own {cal['other_ms_per_round']:.2f} ms):",
             "",
             "| valued by | depth | budget | positions verified | choices / round | draft ms | ms / round "

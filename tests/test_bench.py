@@ -301,6 +301,7 @@ def test_draft_trees_in_the_bench_with_a_calibrated_shape(tmp_path, tiny_target,
     }  # fmt: skip
     assert tree["tau_vs_chain"] > 0 and tree["speedup_vs_chain"] > 0
     text = (out / "report.md").read_text()
+    assert "rounds of a width-2 tree" in text  # the traced tree's width, whatever shape was chosen
     assert (
         "## Draft trees" in text and "tree_confidence.png" in text and (out / "tree_confidence.png").is_file()
     )
