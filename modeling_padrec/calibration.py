@@ -18,15 +18,16 @@ not the ones benchmarked (validation users):
 
 Every (rank, depth, budget) is then replayed on the traced rounds: the nodes valued by the draft's log-probability,
 by the acceptance curve or by the two curves by sibling order (``rank``: ``draft``, ``acceptance``, ``sibling``),
-the tree cut to its first ``depth`` levels and its ``budget`` most valuable
-choice nodes (what :class:`~modeling_padrec.engine.tree.TreeProposer` does), the accepted path cut where it leaves
-the cut tree, and the draft charged for the forwards and nodes that growing that tree takes (:func:`growth`: the
-proposer does not grow a branch the cut would drop). So is the draft's chain at every depth (each choice point's
-first pick; ``rank="chain"``): no tree at all is a candidate. The shape with the most choices decided per
-millisecond is chosen. Two approximations: the replay keeps the traced tree's expanded branches, chosen by the draft's values
-(ranked by acceptance, the proposer may expand others), and it counts the target's own token at the end of every
-round as one more choice (a correction or a bonus; rarely, a round ends before a forced token and gets none), so
-it slightly favours small trees alike everywhere.
+the tree cut to its first ``depth`` levels and its ``budget`` most valuable choice nodes (what
+:class:`~modeling_padrec.engine.tree.TreeProposer` does), the accepted path cut where it leaves the cut tree, and
+the draft charged for the forwards and nodes that growing that tree takes (:func:`growth`: the proposer does not
+grow a branch the cut would drop). So is the draft's chain at every depth (each choice point's first pick;
+``rank="chain"``): no tree at all is a candidate. The shape with the most choices decided per millisecond is
+chosen. Two approximations: the replay keeps the traced tree's expanded branches, chosen by the draft's values
+(ranked by acceptance, the proposer may expand others; where the traced tree's frontier dropped the chain's own
+path, the replayed chain stops short); and it counts the target's own token at the end of every round as one
+more choice (a correction or a bonus; rarely, a round ends before a forced token and gets none), so it slightly
+favours small trees alike everywhere.
 """
 
 from __future__ import annotations
@@ -42,12 +43,6 @@ from .engine.tree import ancestor_mask, check_acceptance, log_acceptance
 
 BUDGETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
 RANKS = ("draft", "acceptance", "sibling")  # what a tree's nodes are valued by
-RANK_HELP = {
-    "draft": "the draft's log-probability",
-    "acceptance": "one acceptance curve for every drafted choice",
-    "sibling": "acceptance curves of their own for the draft's first pick at a choice point and for its others",
-    "chain": "no tree: the draft's chain (its first pick at every choice point)",
-}
 
 
 @dataclass
@@ -61,9 +56,8 @@ class TreeCalibration:
     rounds: int
     rank: str = "draft"  # one of RANKS, or "chain"
     acceptance: list[list[float]] | None = None  # [confidence, rate] pairs (acceptance_curve)
-    acceptance_by_sibling: list[list[list[float]]] | None = (
-        None  # the draft's first picks' curve, its others'
-    )
+    # the same for the draft's first pick at a choice point, then for its other picks
+    acceptance_by_sibling: list[list[list[float]]] | None = None
     target_ms: dict[int, float] = field(default_factory=dict)  # new positions → ms of one target forward
     draft_ms_by_level: list[float] = field(default_factory=list)  # mean draft ms to grow levels 1..k
     draft_ms_model: dict[str, float] = field(default_factory=dict)  # ms per round, per forward, per node
