@@ -52,12 +52,15 @@ runs/%/eval-all.json: runs/%/target/padrec_target.json
 	$(BIN)/padrec evaluate --lists runs/$*/lists-test.jsonl --data $(SHARED)/$(notdir $*) --json --out $@
 
 # The study's deeper target (its target-size factor): qwen2-small's width, 8 layers (about twice its training
-# time). Its evaluations are published beside the study's results.
+# time). Its evaluations are published beside the study's results, in a folder named by the training's weights
+# digest: a retraining need not reproduce the training the study's deep groups benched (whose first-500
+# evaluation is results/study/targets/$(DATA)-deep/).
 DEEP = runs/deep/$(DATA)
 .PHONY: deep-target
 deep-target: install $(DEEP)/eval-500.json $(DEEP)/eval-all.json
-	mkdir -p results/study/targets/$(DATA)-deep
-	cp $(DEEP)/eval-500.json $(DEEP)/eval-all.json results/study/targets/$(DATA)-deep/
+	dest=results/study/targets/$(DATA)-deep-$$($(BIN)/python -c \
+		"import json; print(json.load(open('$(DEEP)/eval-500.json'))['target_weights'])") \
+		&& mkdir -p $$dest && cp $(DEEP)/eval-500.json $(DEEP)/eval-all.json $$dest/
 $(DEEP)/target/padrec_target.json:
 	$(call train-target,$(DEEP),qwen2-deep)
 
