@@ -25,6 +25,7 @@ from .draft import causal_lm
 from .draft_training import Distillation, rec_head
 from .errors import PadrecError
 from .fileio import staged_dir
+from .target import LOAD_OPTIONS
 from .tokenization import TokenMap
 from .training import LOG_NAME
 
@@ -172,7 +173,7 @@ def load_assistant(path: str | Path, token_map: TokenMap | None = None, device="
             f"(fingerprint {meta.get('token_map_fingerprint')}, the target's is {token_map.fingerprint()})"
         )
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, **LOAD_OPTIONS)
     except (OSError, ValueError) as e:
         raise AssistantError(f"{folder}: cannot load the assistant ({e})") from None
     return model.to(device).eval()

@@ -18,6 +18,7 @@ import torch
 
 from .configuration_padrec_draft import PadRecDraftConfig
 from .modeling_padrec_draft import PadRecDraftError, PadRecDraftModel, PadRecDraftStats
+from .target import LOAD_OPTIONS
 from .tokenization import TokenMap
 
 __all__ = [
@@ -169,7 +170,7 @@ def _from_pretrained(path: Path) -> PadRecDraftModel:
     if not (path / "model.safetensors").is_file():
         raise PadRecDraftError(f"{path}: the draft's weights (model.safetensors) are missing")
     try:
-        return PadRecDraftModel.from_pretrained(path)
+        return PadRecDraftModel.from_pretrained(path, use_kernels=LOAD_OPTIONS["use_kernels"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
         raise PadRecDraftError(f"{path}: cannot load the draft ({first_line(e)})") from None
 

@@ -100,6 +100,21 @@ class PadRecDraftCache(DynamicCache):
         super().__init__()
         self.pending: dict | None = None
 
+    def crop(self, tokens_to_remove: int) -> None:
+        """Ignored: between rounds this cache holds verified positions only, so there is nothing to roll back.
+
+        ``AssistedCandidateGenerator`` crops the assistant's cache before each round to drop the drafted tokens
+        the target rejected. This cache never kept them (:meth:`keep` drops every drafted position when its
+        round ends), and transformers 5.25 sizes that crop from the drafted sequence's length rather than the
+        cache's, which would cut verified positions whose target features are gone.
+        """
+
+    def keep(self, length: int) -> None:
+        """Keep the first ``length`` positions (the draft's own rollback at the end of a round)."""
+        extra = self.get_seq_length() - length
+        if extra > 0:
+            super().crop(-extra)
+
 
 class PadRecDraftStats:
     """Drafting statistics, recorded as rounds are resolved; they never change what is generated.
@@ -659,9 +674,7 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
             start = time.perf_counter()
             out = self(token, feature, step_ids=step + 1, cache=cache)
             feature, logits = out.features, out.logits[:, -1]
-        extra = cache.get_seq_length() - (length - 1)
-        if extra > 0:  # keep only positions whose inputs carry true target features
-            cache.crop(-extra)
+        cache.keep(length - 1)  # only positions whose inputs carry true target features
         return tokens, tuple(scores), seconds
 
     def _resolve_round(self, cache: PadRecDraftCache, sequence: torch.LongTensor) -> None:

@@ -26,6 +26,10 @@ from .errors import TargetError, first_line
 from .fileio import staged_dir
 from .tokenization import TokenMap, add_rec_tokens, build_tokenizer
 
+# From transformers 5.25, ``from_pretrained`` swaps layers for Hub kernels by default (fetched from the Hub on a
+# GPU). padrec loads plain torch layers: the same forward on every 5.x and no network at load time.
+LOAD_OPTIONS = {"dtype": torch.float32, "use_kernels": False}
+
 TARGET_META = "padrec_target.json"
 
 # Qwen2-architecture bases built from config (nothing is downloaded). qwen2-small is the CPU reference.
@@ -112,7 +116,7 @@ def load_base(base: str, index: ItemIndex, seed: int = 0):
         return model, tokenizer, new_ids
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, **LOAD_OPTIONS)
     except OSError as e:
         raise TargetError(f"--base {base}: cannot load a causal LM and tokenizer from it ({e})") from None
     new_ids = add_rec_tokens(tokenizer, index)
@@ -277,7 +281,7 @@ def load_target(path: str | Path, device: str | torch.device = "cpu", merge_lora
         base_path = PeftConfig.from_pretrained(folder).base_model_name_or_path
         if (folder / "base").is_dir() and (meta.preset or not Path(base_path).exists()):
             base_path = str(folder / "base")  # preset base travels with the folder (an exported one does not)
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(base_path, **LOAD_OPTIONS)
         if len(tokenizer) > base.get_input_embeddings().num_embeddings:
             base.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(base, folder)

@@ -112,6 +112,38 @@ def test_eos_inside_a_drafted_run_and_rounds_cut_short(worlds):
         draft.detach()
 
 
+@pytest.mark.parametrize("world", ["plain", "bigram"])
+def test_rollback_of_the_cache_between_rounds_removes_nothing(worlds, world):
+    """Assisted generation crops the assistant's cache before each round to drop rejected drafts; transformers
+    5.25 sizes that crop from the drafted sequence rather than the cache. The draft's cache holds verified
+    positions only between rounds, so whatever the crop asks, the next round starts from all of them."""
+    from modeling_padrec.modeling_padrec_draft import PadRecDraftCache
+
+    w = worlds[world]
+    draft = _mixed_draft(w) if world == "bigram" else new_draft(w.target, w.token_map, depth=3, seed=9)
+    draft.attach(w.target)
+    original, held = draft.generate, []
+
+    def generate(input_ids=None, cache=None, **kwargs):
+        if isinstance(cache, PadRecDraftCache):  # a later round: roll back more than the drafted tokens
+            before = cache.get_seq_length()
+            cache.crop(-min(before, 4))
+            held.append((before, cache.get_seq_length(), input_ids.shape[1]))
+        return original(input_ids=input_ids, cache=cache, **kwargs)
+
+    draft.generate = generate
+    prompt = w.prompt([2, 0, 5])
+    try:
+        plain = w.generate(prompt, max_new_tokens=12)
+        assisted = w.generate(prompt, draft, max_new_tokens=12)
+    finally:
+        draft.detach()
+    assert assisted == plain
+    assert len(held) >= 2
+    for before, after, length in held:
+        assert after == before and before < length  # nothing removed; every held position is before the end
+
+
 def test_agreeing_draft_needs_fewer_target_forwards(worlds):
     w = worlds["bigram"]
     draft = agreeing_draft(w, depth=4).attach(w.target, w.token_map)
