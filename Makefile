@@ -123,11 +123,13 @@ THROUGHPUT_SIZES ?= 1,4,16,64
 THROUGHPUT_USERS ?= 128
 THROUGHPUT_DEPTH ?= 5
 THROUGHPUT_TREE  ?= --tree 6 --tree-width 3 --tree-depth 2
+THROUGHPUT_DRAFT ?= $(REF)/draft-padrec
+THROUGHPUT_OUT   ?= $(REF)/throughput$(if $(MERGE),-merged)
 .PHONY: reference-throughput
-reference-throughput: install $(REF)/draft-padrec/model.safetensors
+reference-throughput: install $(THROUGHPUT_DRAFT)/model.safetensors
 	OMP_NUM_THREADS=1 $(BIN)/padrec bench --throughput --target $(REF)/target --data $(SHARED)/$(DATA) \
-		--draft $(REF)/draft-padrec --engine-depth $(THROUGHPUT_DEPTH) $(THROUGHPUT_TREE) \
-		--batch-sizes $(THROUGHPUT_SIZES) --users $(THROUGHPUT_USERS) $(MERGE) --out $(REF)/throughput$(if $(MERGE),-merged)
+		--draft $(THROUGHPUT_DRAFT) --engine-depth $(THROUGHPUT_DEPTH) $(THROUGHPUT_TREE) \
+		--batch-sizes $(THROUGHPUT_SIZES) --users $(THROUGHPUT_USERS) $(MERGE) --out $(THROUGHPUT_OUT)
 
 # The chain's depth under batching: the throughput benchmark at THROUGHPUT_SWEEP_SIZES for every chain depth in
 # THROUGHPUT_DEPTHS (one run per depth, each with its own batched-generate reference); the summary table is

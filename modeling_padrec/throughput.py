@@ -32,8 +32,10 @@ from pathlib import Path
 import torch
 
 from .bench import BenchMismatch, _where, draft_method_name, first_difference
+from .decoding import ForwardCounter
 from .engine.batch import BatchDecoder
 from .engine.proposers import Proposal
+from .engine.scoring import causal_lm
 from .errors import PadrecError
 from .examples import left_pad
 from .fileio import check_output_dir, staged_dir
@@ -70,13 +72,44 @@ class ThroughputConfig:
 
 
 @dataclass
+class Run:
+    """One method over the users at one batch size: lists, per-user latency, target forwards summed over users
+    (a batch's forward counts once for each of its rows), and seconds spent in the target's decoder (its layers,
+    not the LM head) and in the draft (its prefill and proposals)."""
+
+    outputs: list[list[int]]
+    latency_ms: list[float]
+    forwards: int
+    target_seconds: float
+    draft_seconds: float = 0.0
+
+
+@dataclass
 class Cell:
-    """One method at one batch size: the lists, per-user latencies, and the wall time of each repeat."""
+    """One method at one batch size: the lists, per-user latencies, and per repeat the wall time and the seconds
+    in the target's decoder and in the draft."""
 
     outputs: list[list[int]] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     forwards: int = 0
     walls: list[float] = field(default_factory=list)
+    target_seconds: list[float] = field(default_factory=list)
+    draft_seconds: list[float] = field(default_factory=list)
+
+    def add(self, run: Run, wall: float) -> None:
+        self.outputs, self.forwards = run.outputs, run.forwards
+        self.latency_ms += run.latency_ms
+        self.walls.append(wall)
+        self.target_seconds.append(run.target_seconds)
+        self.draft_seconds.append(run.draft_seconds)
+
+    def wall_share(self) -> dict[str, float] | None:
+        """Shares of the wall-clock (all repeats) in the target's decoder, the draft and everything else."""
+        if not self.target_seconds:
+            return None
+        wall = sum(self.walls)
+        target, draft = sum(self.target_seconds) / wall, sum(self.draft_seconds) / wall
+        return {"target": round(target, 3), "draft": round(draft, 3), "other": round(1 - target - draft, 3)}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -84,16 +117,18 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))], 3)
 
 
-def run_generate(rec, prompts: list[list[int]], batch_size: int) -> tuple[list, list[float], int]:
-    """Stock ``generate`` in left-padded batches: (lists, per-user latency ms, target forwards summed over users:
-    a batch's forward counts once for each of its rows, as the engine counts a row's forwards)."""
-    from .decoding import ForwardCounter
+def _decoder(rec) -> torch.nn.Module:
+    """The target's decoder (under PEFT, merged or not): what both ``generate`` and the engine run per forward."""
+    return causal_lm(rec.target.model).get_decoder()
 
-    outputs, latency, forwards = [], [], 0
+
+def run_generate(rec, prompts: list[list[int]], batch_size: int) -> Run:
+    """Stock ``generate`` in left-padded batches (a user's latency is its batch's time)."""
+    outputs, latency, forwards, target_seconds = [], [], 0, 0.0
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         batch = left_pad(chunk, rec.token_map.pad_id)
-        with ForwardCounter(rec.target.model) as counter:
+        with ForwardCounter(rec.target.model) as counter, ForwardCounter(_decoder(rec)) as timer:
             t0 = time.perf_counter()
             seqs = rec.generate(batch["input_ids"], batch["attention_mask"])
             if counter.sync:
@@ -103,27 +138,29 @@ def run_generate(rec, prompts: list[list[int]], batch_size: int) -> tuple[list, 
         outputs += [rec.trim(row) for row in seqs[:, width:].tolist()]
         latency += [ms] * len(chunk)
         forwards += counter.count * len(chunk)
-    return outputs, latency, forwards
+        target_seconds += timer.seconds
+    return Run(outputs, latency, forwards, target_seconds)
 
 
-def run_engine(
-    rec, engine, prompts: list[list[int]], batch_size: int, draft=None
-) -> tuple[list, list[float], int]:
+def run_engine(rec, engine, prompts: list[list[int]], batch_size: int, draft=None) -> Run:
     """The engine: continuous batching (with ``draft``, a batch proposer such as :class:`PerfectDraft`, in place
     of the engine's own), or one request at a time for a draft tree."""
     outputs: list = [None] * len(prompts)
     latency: list = [None] * len(prompts)
-    forwards = 0
-    if draft is not None:
-        results = BatchDecoder(engine, batch_size, draft=draft).run(prompts)
-    elif engine.width is not None:
-        results = ((i, engine.generate(p)) for i, p in enumerate(prompts))
-    else:
-        results = engine.generate_batch(prompts, batch_size=batch_size)
-    for i, out in results:
-        outputs[i], latency[i] = rec.trim(out.output_ids), 1000 * out.seconds
-        forwards += out.target_forwards
-    return outputs, latency, forwards
+    forwards, draft_seconds = 0, 0.0
+    batched = None if engine.width is not None and draft is None else BatchDecoder(engine, batch_size, draft)
+    with ForwardCounter(engine.scorer.decoder) as timer:
+        if batched is not None:
+            results = batched.run(prompts)
+        else:
+            results = ((i, engine.generate(p)) for i, p in enumerate(prompts))
+        for i, out in results:
+            outputs[i], latency[i] = rec.trim(out.output_ids), 1000 * out.seconds
+            forwards += out.target_forwards
+            draft_seconds += out.draft_seconds if batched is None else 0.0
+    if batched is not None:  # the batch's proposals share their time: the decoder counts it once
+        draft_seconds = batched.draft_seconds
+    return Run(outputs, latency, forwards, timer.seconds, draft_seconds)
 
 
 class PerfectDraft:
@@ -192,7 +229,7 @@ def run_throughput(cfg: ThroughputConfig, out: str | Path | None = None, progres
         if cfg.tree is not None:
             engines[f"tree:{name}"] = rec.engine(draft, cfg.tree_depth, cfg.tree_width, cfg.tree)
     # the bounds' answers: the target's own lists, from an untimed run (checked like every method's below)
-    answers = run_engine(rec, engines["ar-jf"], prompts, max(cfg.batch_sizes))[0]
+    answers = run_engine(rec, engines["ar-jf"], prompts, max(cfg.batch_sizes)).outputs
     depths = sorted({e.proposer.depth for n, e in engines.items() if n.startswith("chain:")})
     bounds = {f"{BOUND}{d}": PerfectDraft(answers, d) for d in depths}
     bounds[f"{BOUND}list"] = PerfectDraft(answers, None)
@@ -221,10 +258,8 @@ def run_throughput(cfg: ThroughputConfig, out: str | Path | None = None, progres
             turn += 1
             for name in here[shift:] + here[:shift]:
                 t0 = time.perf_counter()
-                outputs, latency, forwards = run(name, batch, prompts)
-                cell = cells[name][batch]
-                cell.walls.append(time.perf_counter() - t0)
-                cell.outputs, cell.latency_ms, cell.forwards = outputs, cell.latency_ms + latency, forwards
+                result = run(name, batch, prompts)
+                cells[name][batch].add(result, time.perf_counter() - t0)
                 bar.update(1)
     bar.close()
     reference = cells["generate"][cfg.batch_sizes[0]].outputs
@@ -259,6 +294,7 @@ def summarize(cfg: ThroughputConfig, cells: dict, users: list[str], rec) -> dict
                 "latency_p50_ms": _pct(cell.latency_ms, 50),
                 "latency_p90_ms": _pct(cell.latency_ms, 90),
                 "target_forwards_per_user": round(cell.forwards / len(users), 3),
+                "wall_share": cell.wall_share(),
                 "identical": 1.0,  # checked above: every list equals the reference's
             }
     for by_batch in methods.values():
@@ -315,6 +351,29 @@ def throughput_markdown(report: dict) -> str:
                 if m is None
                 else f"{m['users_per_s']:.2f} ({m['x_generate']:.2f}×)<br>"
                 f"{m['latency_p50_ms']:.0f} / {m['latency_p90_ms']:.0f} ms"
+            )
+        lines.append("| " + " | ".join(row) + " |")
+    shares = any(m.get("wall_share") for by_batch in methods.values() for m in by_batch.values())
+    lines += (
+        []
+        if not shares
+        else [
+            "",
+            "Where the wall-clock goes, % in the target's decoder / in the draft / in the rest (the host's side of "
+            "decoding: catalog walks, masks, cache bookkeeping; the LM head; `generate`'s own loop):",
+            "",
+            "| batch | " + " | ".join(f"`{n}`" for n in methods) + " |",
+            "|---:|" + "---:|" * len(methods),
+        ]
+    )
+    for batch in map(str, cfg["batch_sizes"]) if shares else []:
+        row = [batch]
+        for name in methods:
+            share = (methods[name].get(batch) or {}).get("wall_share")
+            row.append(
+                "—"
+                if share is None
+                else " / ".join(f"{100 * share[k]:.0f}" for k in ("target", "draft", "other"))
             )
         lines.append("| " + " | ".join(row) + " |")
     stops = report["speculation_stops_paying_at"]

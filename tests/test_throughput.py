@@ -33,6 +33,13 @@ def test_throughput_report(tiny_target, synthetic_dir, trained_draft, tmp_path):
             assert m["x_generate"] == pytest.approx(
                 m["users_per_s"] / methods["generate"][batch]["users_per_s"], 1e-2
             )
+            share = m[
+                "wall_share"
+            ]  # seconds in the target's decoder and the draft, as shares of the wall-clock
+            assert 0 < share["target"] < 1 and 0 <= share["draft"] < 1 and share["other"] >= 0
+            assert share["target"] + share["draft"] + share["other"] == pytest.approx(1.0, abs=2e-3)
+            if not name.startswith("perfect:"):  # (a bound's proposals are host work, timed as its draft's)
+                assert (share["draft"] > 0) == name.startswith(("chain:", "tree:")), (name, batch)
             if name != "generate":  # jump-forward: never more target forwards than tokens
                 assert m["target_forwards_per_user"] < methods["generate"][batch]["target_forwards_per_user"]
     for batch in ("1", "3"):  # a draft that is always right needs no more rounds than the real one
@@ -45,6 +52,7 @@ def test_throughput_report(tiny_target, synthetic_dir, trained_draft, tmp_path):
     assert not any(n.startswith("perfect:") for n in report["best"].values())  # bounds are not ways to serve
     assert (out / "throughput.png").stat().st_size > 0
     assert "| batch |" in (out / "report.md").read_text()
+    assert "Where the wall-clock goes" in (out / "report.md").read_text()
 
 
 def test_where_speculation_stops_paying_is_read_from_the_figures():
@@ -69,6 +77,13 @@ def test_where_speculation_stops_paying_is_read_from_the_figures():
     assert report["methods"]["ar-jf"]["16"]["target_forwards_per_user"] == 2.0
     report["hardware"] = {"cpu": "cpu", "torch_threads": 1, "torch": "t", "transformers": "t"}
     assert "Speculation stops paying at batch size 16" in throughput_markdown(report)
+    assert "Where the wall-clock goes" not in throughput_markdown(report)  # no cell timed its parts
+
+
+def test_wall_share_splits_the_cells_wall_clock_over_its_repeats():
+    cell = Cell(walls=[2.0, 6.0], target_seconds=[1.0, 3.0], draft_seconds=[0.5, 1.5])
+    assert cell.wall_share() == {"target": 0.5, "draft": 0.25, "other": 0.25}
+    assert Cell(walls=[1.0]).wall_share() is None
 
 
 def test_throughput_bad_arguments(tiny_target, synthetic_dir, tmp_path):

@@ -340,6 +340,7 @@ class BatchDecoder:
             draft = BatchDraft(proposer)
         self.draft = draft
         self.pad_id = engine.trie.eos_id
+        self.draft_seconds = 0.0  # spent in the draft's prefill and proposals, over every run of this decoder
 
     def _verify(self, rows: list[_Row], cache: RaggedCache, proposals: list[Proposal]) -> None:
         """One target forward over every row's waiting tokens + proposal, the walk of each row, and the keep."""
@@ -405,12 +406,17 @@ class BatchDecoder:
                     cache.concat(fresh)
                     active += joined
                     if self.draft is not None:
+                        t0 = self.engine.clock()
                         self.draft.prefill(joined)
+                        self.draft_seconds += self.engine.clock() - t0
             active = self._leave(cache, active, [r.request.jump() for r in active], done)
             if active:
-                proposals = (
-                    self.draft.propose(active) if self.draft is not None else [Proposal() for _ in active]
-                )
+                if self.draft is None:
+                    proposals = [Proposal() for _ in active]
+                else:
+                    t0 = self.engine.clock()
+                    proposals = self.draft.propose(active)
+                    self.draft_seconds += self.engine.clock() - t0
                 self._verify(active, cache, proposals)
                 active = self._leave(cache, active, [r.request.finished for r in active], done)
             for row in done:
