@@ -128,7 +128,7 @@ def run_generate(rec, prompts: list[list[int]], batch_size: int) -> Run:
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         batch = left_pad(chunk, rec.token_map.pad_id)
-        with ForwardCounter(rec.target.model) as counter, ForwardCounter(_decoder(rec)) as timer:
+        with ForwardCounter(_decoder(rec)) as counter:  # one decoder forward per generate step
             t0 = time.perf_counter()
             seqs = rec.generate(batch["input_ids"], batch["attention_mask"])
             if counter.sync:
@@ -138,7 +138,7 @@ def run_generate(rec, prompts: list[list[int]], batch_size: int) -> Run:
         outputs += [rec.trim(row) for row in seqs[:, width:].tolist()]
         latency += [ms] * len(chunk)
         forwards += counter.count * len(chunk)
-        target_seconds += timer.seconds
+        target_seconds += counter.seconds
     return Run(outputs, latency, forwards, target_seconds)
 
 
@@ -147,7 +147,7 @@ def run_engine(rec, engine, prompts: list[list[int]], batch_size: int, draft=Non
     of the engine's own), or one request at a time for a draft tree."""
     outputs: list = [None] * len(prompts)
     latency: list = [None] * len(prompts)
-    forwards, draft_seconds = 0, 0.0
+    forwards, request_draft_seconds = 0, 0.0
     batched = None if engine.width is not None and draft is None else BatchDecoder(engine, batch_size, draft)
     with ForwardCounter(engine.scorer.decoder) as timer:
         if batched is not None:
@@ -157,9 +157,9 @@ def run_engine(rec, engine, prompts: list[list[int]], batch_size: int, draft=Non
         for i, out in results:
             outputs[i], latency[i] = rec.trim(out.output_ids), 1000 * out.seconds
             forwards += out.target_forwards
-            draft_seconds += out.draft_seconds if batched is None else 0.0
-    if batched is not None:  # the batch's proposals share their time: the decoder counts it once
-        draft_seconds = batched.draft_seconds
+            request_draft_seconds += out.draft_seconds
+    # a batch's rows share each proposal's time (every row's output carries it): the decoder counts it once
+    draft_seconds = request_draft_seconds if batched is None else batched.draft_seconds
     return Run(outputs, latency, forwards, timer.seconds, draft_seconds)
 
 
@@ -353,11 +353,8 @@ def throughput_markdown(report: dict) -> str:
                 f"{m['latency_p50_ms']:.0f} / {m['latency_p90_ms']:.0f} ms"
             )
         lines.append("| " + " | ".join(row) + " |")
-    shares = any(m.get("wall_share") for by_batch in methods.values() for m in by_batch.values())
-    lines += (
-        []
-        if not shares
-        else [
+    if any(m.get("wall_share") for by_batch in methods.values() for m in by_batch.values()):
+        lines += [
             "",
             "Where the wall-clock goes, % in the target's decoder / in the draft / in the rest (the host's side of "
             "decoding: catalog walks, masks, cache bookkeeping; the LM head; `generate`'s own loop):",
@@ -365,17 +362,13 @@ def throughput_markdown(report: dict) -> str:
             "| batch | " + " | ".join(f"`{n}`" for n in methods) + " |",
             "|---:|" + "---:|" * len(methods),
         ]
-    )
-    for batch in map(str, cfg["batch_sizes"]) if shares else []:
-        row = [batch]
-        for name in methods:
-            share = (methods[name].get(batch) or {}).get("wall_share")
-            row.append(
-                "—"
-                if share is None
-                else " / ".join(f"{100 * share[k]:.0f}" for k in ("target", "draft", "other"))
-            )
-        lines.append("| " + " | ".join(row) + " |")
+        for batch in map(str, cfg["batch_sizes"]):
+            row = [batch]
+            for name in methods:
+                share = (methods[name].get(batch) or {}).get("wall_share")
+                # target / draft / other, in Cell.wall_share's order
+                row.append("—" if share is None else " / ".join(f"{100 * v:.0f}" for v in share.values()))
+            lines.append("| " + " | ".join(row) + " |")
     stops = report["speculation_stops_paying_at"]
     lines += [
         "",

@@ -33,9 +33,8 @@ def test_throughput_report(tiny_target, synthetic_dir, trained_draft, tmp_path):
             assert m["x_generate"] == pytest.approx(
                 m["users_per_s"] / methods["generate"][batch]["users_per_s"], 1e-2
             )
-            share = m[
-                "wall_share"
-            ]  # seconds in the target's decoder and the draft, as shares of the wall-clock
+            # seconds in the target's decoder and the draft, as shares of the wall-clock
+            share = m["wall_share"]
             assert 0 < share["target"] < 1 and 0 <= share["draft"] < 1 and share["other"] >= 0
             assert share["target"] + share["draft"] + share["other"] == pytest.approx(1.0, abs=2e-3)
             if not name.startswith("perfect:"):  # (a bound's proposals are host work, timed as its draft's)
