@@ -414,9 +414,14 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         logits = self.head_logits(hidden) if compute_logits else None
         return PadRecDraftOutput(features=hidden, logits=logits, cache=cache)
 
-    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits over the recommendation vocabulary from predicted features (what ``forward`` returns)."""
-        return self.lm_head(self.norm(features))
+    def head_logits(self, features: torch.Tensor, rows: torch.LongTensor | None = None) -> torch.Tensor:
+        """Logits over the recommendation vocabulary from predicted features (what ``forward`` returns), or with
+        ``rows`` (indices into ``config.rec_token_ids``) only over those tokens, in that order: a decoder that
+        knows which tokens are allowed reads only their rows of the head."""
+        if rows is None:
+            return self.lm_head(self.norm(features))
+        hidden = _rms_norm(features, self.norm.weight, self.config.rms_norm_eps)
+        return F.linear(hidden, self.lm_head.weight.index_select(0, rows))
 
     # ------------------------------------------------------------------ one-token decode step
 
@@ -444,90 +449,97 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         weights passes ``tables=draft.decode_tables(device)`` to skip that check. Results equal ``forward``'s up to
         float rounding."""
         past, (rows, m) = cache.get_seq_length(), input_ids.shape
-        positions = (
-            position_ids.reshape(rows, m)
-            if position_ids is not None
-            else torch.arange(past, past + m, device=input_ids.device)[None].expand(rows, m)
-        )
-        if int(positions.max()) >= self.config.max_position_embeddings or (m > 1 and attention_mask is None):
+        t = tables if tables is not None else self.decode_tables(input_ids.device)
+        if position_ids is None:  # positions continue the cache: known on the host, no device op to find them
+            last, index = past + m - 1, slice(past, past + m)
+        else:
+            positions = position_ids.reshape(rows, m)
+            last, index = int(positions.max()), positions
+        if last >= len(t["cos"]) or (m > 1 and attention_mask is None):
+            positions = t["positions"][index].expand(rows, m) if position_ids is None else positions
             return self(input_ids, target_features, step_ids=step, position_ids=positions,
                         attention_mask=attention_mask, cache=cache, compute_logits=compute_logits)  # fmt: skip
-        t = tables if tables is not None else self.decode_tables(input_ids.device)
-        cfg = self.config
-        heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        row = t["rows"][input_ids]
-        feature = target_features.reshape(rows, m, -1).to(self.fc.weight.dtype)
-        hidden = F.linear(feature, t["fc_feature"]) + t["token"][row]
-        if self.signals.use_step_position:
+        heads, kv_heads, head_dim, eps = t["shape"]
+        feature = target_features.reshape(rows * m, -1).to(t["fc_feature"].dtype)
+        hidden = torch.addmm(t["token"][t["rows"][input_ids.reshape(-1)]], feature, t["fc_feature"])
+        hidden = hidden.view(rows, m, -1)
+        if t["step"] is not None:
             if torch.is_tensor(step):
-                embed = t["step"][step.reshape(rows, m).clamp(max=self.signals.max_step)]
+                embed = t["step"][step.reshape(rows, m).clamp(max=len(t["step"]) - 1)]
             else:
-                embed = t["step"][min(step, self.signals.max_step)]
-            if self.signals.gated:
-                hidden = torch.addcmul(hidden, torch.sigmoid(self.signals.step_gate(hidden)), embed)
+                embed = t["step"][min(step, len(t["step"]) - 1)]
+            if t["gate"] is not None:
+                hidden = torch.addcmul(hidden, torch.sigmoid(F.linear(hidden, *t["gate"])), embed)
             else:
                 hidden = hidden + embed
-        attn, mlp = self.layer.self_attn, self.layer.mlp
-        x = _rms_norm(hidden, self.layer.input_layernorm.weight, cfg.rms_norm_eps)
+        x = _rms_norm(hidden, t["input_norm"], eps)
         qkv = F.linear(x, t["qkv_weight"], t["qkv_bias"])
         qk = qkv[..., : (heads + kv_heads) * head_dim].view(rows, m, heads + kv_heads, head_dim)
         first, second = qk.chunk(2, dim=-1)
-        qk = qk * t["cos"][positions] + torch.cat((-second, first), dim=-1) * t["sin"][positions]
+        cos, sin = t["cos"][index], t["sin"][index]  # a slice (a view) when the positions continue the cache
+        qk = torch.addcmul(qk * cos, torch.cat((-second, first), dim=-1), sin)
         q = qk[:, :, :heads].transpose(1, 2)  # (batch, heads, m, head_dim)
         k = qk[:, :, heads:].transpose(1, 2)
         v = qkv[..., (heads + kv_heads) * head_dim :].view(rows, m, kv_heads, head_dim).transpose(1, 2)
         keys, values = cache.update(k, v, 0)
         mask = None if attention_mask is None else attention_mask.to(device=q.device, dtype=torch.bool)
         out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=heads != kv_heads
+            q, keys, values, attn_mask=mask, scale=t["scaling"], enable_gqa=heads != kv_heads
         )
-        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, m, heads * head_dim))
-        x = F.rms_norm(
-            hidden, (cfg.hidden_size,), self.layer.post_attention_layernorm.weight, cfg.rms_norm_eps
-        )
+        hidden = hidden + F.linear(out.transpose(1, 2).reshape(rows, m, heads * head_dim), t["o_proj"])
+        x = F.rms_norm(hidden, hidden.shape[-1:], t["post_norm"], eps)
         gate_proj, up_proj = F.linear(x, t["gate_up"]).chunk(2, dim=-1)
-        hidden = hidden + mlp.down_proj(mlp.act_fn(gate_proj) * up_proj)
+        hidden = hidden + F.linear(t["act"](gate_proj) * up_proj, t["down_proj"])
         logits = self.head_logits(hidden) if compute_logits else None
         return PadRecDraftOutput(features=hidden, logits=logits, cache=cache)
 
     def decode_tables(self, device) -> dict:
         """The per-token constants and fused weights :meth:`decode_step` reads, rebuilt when a weight changed."""
-        params = (self.fc.weight, self.embed_tokens.weight, self.layer.self_attn.q_proj.weight,
-                  self.layer.self_attn.k_proj.weight, self.layer.self_attn.v_proj.weight,
-                  self.layer.self_attn.q_proj.bias, self.layer.self_attn.k_proj.bias, self.layer.self_attn.v_proj.bias,
-                  self.layer.mlp.gate_proj.weight, self.layer.mlp.up_proj.weight)  # fmt: skip
-        signals = self.signals
+        attn, mlp, signals = self.layer.self_attn, self.layer.mlp, self.signals
+        params = (self.fc.weight, self.embed_tokens.weight, attn.q_proj.weight, attn.k_proj.weight,
+                  attn.v_proj.weight, attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias, attn.o_proj.weight,
+                  mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
+                  self.layer.input_layernorm.weight, self.layer.post_attention_layernorm.weight)  # fmt: skip
         if signals.use_item_position:
             params += (signals.slot_embed.weight, signals.slot_scale)
         if signals.use_step_position:
             params += (signals.step_embed.weight,)
+        if signals.gated:
+            params += (signals.step_gate.weight, signals.step_gate.bias)
         key = (str(device), tuple(p._version for p in params), tuple(p.data_ptr() for p in params))
         cached = getattr(self, "_decode_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
         with torch.no_grad(), torch.inference_mode(False):
-            hidden = self.config.hidden_size
+            cfg = self.config
+            hidden = cfg.hidden_size
             ids, rows, slots = self._lookups(device)
             token = F.linear(self.embed_tokens.weight, self.fc.weight[:, hidden:])  # (rows, hidden)
             if signals.use_item_position:
-                row_slots = torch.full(
-                    (token.shape[0],), self.config.other_slot, dtype=torch.long, device=device
-                )
+                row_slots = torch.full((token.shape[0],), cfg.other_slot, dtype=torch.long, device=device)
                 row_slots[: len(ids)] = slots[ids]
                 token = token + signals.slot_scale * signals.slot_embed(row_slots)
-            attn, mlp = self.layer.self_attn, self.layer.mlp
-            positions = torch.arange(self.config.max_position_embeddings, device=device)[None]
+            positions = torch.arange(cfg.max_position_embeddings, device=device)[None]
             cos, sin = self.rotary_emb(token[None, :1], positions)
             tables = {
+                "shape": (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps),
+                "scaling": attn.scaling,
+                "positions": positions[0],
                 "rows": rows,
                 "token": token,
-                "fc_feature": self.fc.weight[:, :hidden].contiguous(),
+                "fc_feature": self.fc.weight[:, :hidden].t().contiguous(),  # (in, out), for addmm
                 "qkv_weight": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
                 "qkv_bias": torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
+                "o_proj": attn.o_proj.weight,
+                "input_norm": self.layer.input_layernorm.weight,
+                "post_norm": self.layer.post_attention_layernorm.weight,
                 "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                "act": F.silu if cfg.hidden_act == "silu" else mlp.act_fn,
+                "down_proj": mlp.down_proj.weight,
                 "cos": cos[0, :, None, :],  # (position, 1, head_dim): broadcast over heads
                 "sin": sin[0, :, None, :],
                 "step": signals.step_embed.weight if signals.use_step_position else None,
+                "gate": (signals.step_gate.weight, signals.step_gate.bias) if signals.gated else None,
             }
         self._decode_cache = (key, tables)
         return tables

@@ -216,9 +216,9 @@ def test_batched_tree_steps_equal_stepping_each_path():
             n = tree._par[n]
         alone = DraftProposer(draft, 3)
         alone.feed(hidden)
-        feature, _, step = alone._catch_up(seq, len(prompt))
+        feature, step = alone._catch_up(seq, len(prompt))
         for token in reversed(path):
-            feature, _ = alone._step(token, feature, step, logits=False)
+            feature = alone._step(token, feature, step)
             step += 1
         torch.testing.assert_close(tree._feature[node], feature, atol=1e-5, rtol=1e-4)
 

@@ -10,13 +10,15 @@ forward the engine hands it the features of the positions it kept. The draft's c
 inputs carry true target features; positions drafted on its own predictions are cropped at the end of a round.
 
 The draft is used through its forward (``draft(input_ids, target_features, step_ids=, cache=, compute_logits=)``
-returning ``.features`` and ``.logits`` over ``config.rec_token_ids``), ``draft.head_logits(features)`` and, where
+returning ``.features`` and ``.logits`` over ``config.rec_token_ids``), ``draft.head_logits(features)`` (with
+``rows=``, where the draft takes it, only the allowed tokens' rows of its head are read) and, where
 the draft has it, its one-token fast path ``draft.decode_step``; any PAD-Rec ablation fits. This file imports only
 torch and transformers and its sibling files: it ships as Hub remote code.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -102,6 +104,8 @@ class DraftProposer:
         self.fused = callable(getattr(draft, "decode_step", None)) and callable(
             getattr(draft, "decode_tables", None)
         )
+        # a draft whose head reads only the rows asked for (``head_logits(features, rows)``)
+        self.head_rows = "rows" in inspect.signature(draft.head_logits).parameters
         self.tables = None
         self.reset()
 
@@ -119,47 +123,59 @@ class DraftProposer:
         if features.shape[1]:
             self.pending.append(features)
 
-    def _step(self, token: int, feature: torch.Tensor, step: int, logits: bool):
+    def _step(self, token: int, feature: torch.Tensor, step: int) -> torch.Tensor:
+        """One draft step over ``token`` (its input feature ``feature``); returns the predicted next feature."""
         ids = torch.tensor([[token]], device=self.device)
         if self.fused:  # the draft's one-token fast path: the same function in fewer ops
             out = self.draft.decode_step(
-                ids, feature, step, self.cache, compute_logits=logits, tables=self.tables
+                ids, feature, step, self.cache, compute_logits=False, tables=self.tables
             )
         else:
-            out = self.draft(ids, feature, step_ids=step, cache=self.cache, compute_logits=logits)
-        return out.features[:, -1:], (out.logits[0, -1] if logits else None)
+            out = self.draft(ids, feature, step_ids=step, cache=self.cache, compute_logits=False)
+        return out.features[:, -1:]
 
-    def _step_run(self, tokens: list[int], feature: torch.Tensor, logits, steps: int):
-        """Step over decided ``tokens`` one by one (logits only after the last); returns (feature, logits, the
-        next step). With no tokens, ``feature`` and ``logits`` come back as they were."""
-        for i, token in enumerate(tokens):
-            feature, logits = self._step(token, feature, steps, logits=i == len(tokens) - 1)
+    def _step_run(self, tokens: list[int], feature: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
+        """Step over decided ``tokens`` one by one; returns (the feature after the last one, the next step)."""
+        for token in tokens:
+            feature = self._step(token, feature, steps)
             steps += 1
-        return feature, logits, steps
+        return feature, steps
 
-    def _catch_up(self, sequence: list[int], committed: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    def scores(self, feature: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """The draft's logits (float32) over the ``allowed`` tokens from the predicted ``feature`` ``(1, 1, h)``;
+        a draft that can reads only those rows of its head."""
+        columns = self.rows[allowed]
+        if self.head_rows:
+            return self.draft.head_logits(feature, columns)[0, -1].float()
+        return self.draft.head_logits(feature)[0, -1][columns].float()
+
+    def _catch_up(self, sequence: list[int], committed: int) -> tuple[torch.Tensor, int]:
         """Bring the draft up to the end of ``sequence``: one forward over the positions the target kept (their
         true features, step 0), then one step per decided token the target has not run yet (the bonus token and
-        the forced run). Returns the feature predicting the next token, its logits (None when there were waiting
-        tokens: computed on demand), and the draft step the next position takes."""
+        the forced run). Returns the feature predicting the next token and the draft step the next position
+        takes."""
         known = self.known
         # the fast path's tables, checked against the weights once per round rather than once per step
         self.tables = self.draft.decode_tables(self.device) if self.fused else None
         features = torch.cat(self.pending, dim=1) if len(self.pending) > 1 else self.pending[0]
         self.pending = []
-        if known + features.shape[1] != committed or len(sequence) <= committed:
+        m = features.shape[1]
+        if known + m != committed or len(sequence) <= committed:
             raise RuntimeError(
-                f"draft out of step: it holds {known} positions + {features.shape[1]} new features, the target "
+                f"draft out of step: it holds {known} positions + {m} new features, the target "
                 f"ran {committed} of {len(sequence)} tokens"
             )
         # entry t = (f_t, x_{t+1}); the last one predicts the feature of position ``committed``
         inputs = torch.tensor([sequence[known + 1 : committed + 1]], device=self.device)
-        waiting = sequence[committed + 1 :]  # decided tokens the target has not run yet (bonus, forced run)
-        out = self.draft(
-            inputs, features.to(self.dtype), step_ids=0, cache=self.cache, compute_logits=not waiting
-        )  # fmt: skip
-        logits = out.logits[0, -1] if not waiting else None
-        return self._step_run(waiting, out.features[:, -1:], logits, 1)
+        features = features.to(self.dtype)
+        if self.fused and known:  # the fast path, causal over the new positions (they continue the cache)
+            keys = torch.arange(committed, device=self.device)
+            causal = (keys[None, :] <= keys[known:, None])[None, None]
+            out = self.draft.decode_step(inputs, features, 0, self.cache, compute_logits=False,
+                                         attention_mask=causal, tables=self.tables)  # fmt: skip
+        else:  # the prompt (or a draft without the fast path): the model's own forward
+            out = self.draft(inputs, features, step_ids=0, cache=self.cache, compute_logits=False)
+        return self._step_run(sequence[committed + 1 :], out.features[:, -1:], 1)
 
     @torch.no_grad()
     def propose(
@@ -173,7 +189,7 @@ class DraftProposer:
         computes logits only there."""
         t0 = time.perf_counter()
         proposal = Proposal()
-        feature, logits, steps = self._catch_up(sequence, committed)
+        feature, steps = self._catch_up(sequence, committed)
         state, unstepped = state.copy(), []
         while len(proposal.tokens) < max_tokens and not state.done:
             forced = state.forced()
@@ -182,12 +198,10 @@ class DraftProposer:
             else:
                 if proposal.choices == self.depth:
                     break
-                feature, logits, steps = self._step_run(unstepped, feature, logits, steps)
+                feature, steps = self._step_run(unstepped, feature, steps)
                 unstepped = []
-                if logits is None:
-                    logits = self.draft.head_logits(feature)[0, -1]
                 allowed = state.allowed_tensor(self.device)
-                token, q = chooser.choose(logits[self.rows[allowed]].float(), allowed)
+                token, q = chooser.choose(self.scores(feature, allowed), allowed)
                 is_choice = True
             state.advance(token)
             proposal.tokens.append(token)

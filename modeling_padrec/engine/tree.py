@@ -145,7 +145,7 @@ class TreeProposer(DraftProposer):
         self, sequence: list[int], committed: int, state: ListState, chooser: Chooser, max_tokens: int
     ) -> Proposal:
         t0 = time.perf_counter()
-        root_feature, root_logits, root_step = self._catch_up(sequence, committed)
+        root_feature, root_step = self._catch_up(sequence, committed)
         self._base = self.known  # draft cache length at the root: tree nodes are appended after it
         self._root_step = root_step
         # nodes of the tree
@@ -167,17 +167,12 @@ class TreeProposer(DraftProposer):
         for _level in range(self.depth):
             if not frontier:
                 break
-            if frontier[0] is root:  # the first level: the catch-up gave the root's feature
-                logits = (
-                    root_logits if root_logits is not None else self.draft.head_logits(root_feature)[0, -1]
-                )[None]
-            else:
-                ends = self._expand_features(frontier, root_feature)
-                logits = self.draft.head_logits(torch.cat(ends, dim=1))[0]
+            # the first level's only end is the root, whose feature the catch-up gave
+            ends = [root_feature] if frontier[0] is root else self._expand_features(frontier, root_feature)
             new: list[_Branch] = []
-            for branch, row in zip(frontier, logits, strict=True):
+            for branch, end in zip(frontier, ends, strict=True):
                 allowed = branch.state.allowed_tensor(self.device)
-                scores = row[self.rows[allowed]].float()
+                scores = self.scores(end, allowed)
                 k = min(self.width, len(allowed))
                 if sample_budget is not None:
                     k = min(k, sample_budget - drawn)
@@ -267,7 +262,7 @@ class TreeProposer(DraftProposer):
             node = nodes[0]
             self._slot[node] = self.known
             step = self._root_step + self._depth[node]
-            self._feature[node], _ = self._step(self._tok[node], inputs[0], step, logits=False)
+            self._feature[node] = self._step(self._tok[node], inputs[0], step)
             self._steps += 1
             self._stepped += 1
             return
