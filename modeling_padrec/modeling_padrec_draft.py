@@ -439,10 +439,11 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
     ) -> PadRecDraftOutput:
         """``forward`` for new positions after ``cache`` (inference only), in far fewer ops.
 
-        One token per row (``input_ids`` ``(batch, 1)``, positions continuing the cache), or several with their own
-        ``position_ids`` ``(batch, m)``, draft steps ``step`` (an int or ``(batch, m)``) and a boolean
-        ``attention_mask`` ``(batch, 1, m, cache + m)`` (True = attend): the nodes of one level of a draft tree,
-        or the rows of a batch whose caches hold different numbers of positions. The same weights and the same
+        One token per row (``input_ids`` ``(batch, 1)``, positions continuing the cache), or several with a boolean
+        ``attention_mask`` ``(batch, 1, m, cache + m)`` (True = attend), draft steps ``step`` (an int or
+        ``(batch, m)``) and their own ``position_ids`` ``(batch, m)`` where they do not continue the cache: the
+        verified positions a chain catches up on, the nodes of one level of a draft tree, or the rows of a batch
+        whose caches hold different numbers of positions. The same weights and the same
         function, rearranged: the fused input's token half, the item-slot signal and the step embedding are
         per-token constants read from tables; q/k/v and gate/up run as one matmul each; rotary angles come from a
         table. The tables are rebuilt whenever a weight changes; a caller stepping many times with unchanged

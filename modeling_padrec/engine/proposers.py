@@ -101,6 +101,8 @@ class DraftProposer:
         rows = torch.full((draft.config.vocab_size,), -1, dtype=torch.long)
         rows[ids] = torch.arange(len(ids))
         self.rows = rows.to(self.device)  # target id → column of the draft's head (-1: not in it)
+        # every token id as a (1, 1) tensor: a step's input is a view, not a new tensor
+        self.ids = torch.arange(draft.config.vocab_size, device=self.device).view(-1, 1, 1)
         self.fused = callable(getattr(draft, "decode_step", None)) and callable(
             getattr(draft, "decode_tables", None)
         )
@@ -125,7 +127,7 @@ class DraftProposer:
 
     def _step(self, token: int, feature: torch.Tensor, step: int) -> torch.Tensor:
         """One draft step over ``token`` (its input feature ``feature``); returns the predicted next feature."""
-        ids = torch.tensor([[token]], device=self.device)
+        ids = self.ids[token]
         if self.fused:  # the draft's one-token fast path: the same function in fewer ops
             out = self.draft.decode_step(
                 ids, feature, step, self.cache, compute_logits=False, tables=self.tables
