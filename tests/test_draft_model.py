@@ -365,3 +365,32 @@ def test_decode_step_for_tree_nodes_is_forward_under_the_same_mask(lora_world, i
     torch.testing.assert_close(b.features, a.features, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(b.logits, a.logits, atol=1e-4, rtol=1e-4)
     assert fast.get_seq_length() == 7
+
+
+@pytest.mark.parametrize("item,step,gate", SIGNALS)
+def test_decode_step_catches_up_on_positions_that_continue_the_cache(lora_world, item, step, gate):
+    """Several new positions continuing the cache (a chain's catch-up on the verified positions), under a causal
+    mask and without position ids, compute what forward computes; the head read by rows gives those rows of the
+    full head, in the order asked."""
+    from transformers import DynamicCache
+
+    draft = new_draft(lora_world.target, lora_world.token_map, depth=3, use_item_position=item,
+                      use_step_position=step, seed=7, step_gate=gate)  # fmt: skip
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    ids, feats = _inputs(draft, length=9, seed=8)
+    slow, fast = DynamicCache(), DynamicCache()
+    keys = torch.arange(9)
+    causal = (keys[None, :] <= keys[5:, None])[None, None]
+    with torch.no_grad():
+        draft(ids[:, :5], feats[:, :5], cache=slow)
+        draft(ids[:, :5], feats[:, :5], cache=fast)
+        a = draft(ids[:, 5:], feats[:, 5:], cache=slow)
+        b = draft.decode_step(ids[:, 5:], feats[:, 5:], 0, fast, attention_mask=causal)
+        rows = torch.tensor([4, 0, 2, len(draft.config.rec_token_ids) - 1])
+        picked = draft.head_logits(b.features, rows)
+    torch.testing.assert_close(b.features, a.features, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.logits, a.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(picked, b.logits[..., rows], atol=1e-5, rtol=1e-5)
+    assert fast.get_seq_length() == 9
