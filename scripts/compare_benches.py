@@ -38,9 +38,12 @@ def load(path: str) -> dict:
     return report
 
 
-def ar_lists(report_path: str) -> dict[str, list[int]]:
-    """Each request's `ar` list from the report's ``requests.jsonl``."""
+def ar_lists(report_path: str) -> dict[str, list[int]] | None:
+    """Each request's `ar` list from the report's ``requests.jsonl`` (None where the folder has none: a published
+    copy keeps the report only)."""
     path = Path(report_path).with_name("requests.jsonl")
+    if not path.exists():
+        return None
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return {r["user"]: r["output_ids"] for r in rows if r["method"] == "ar"}
@@ -106,11 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-after", default="after")
     parser.add_argument("--out", help="write the table here (markdown); default: print it")
     args = parser.parse_args(argv)
-    if ar_lists(args.before) != ar_lists(args.after):
+    before, after = ar_lists(args.before), ar_lists(args.after)
+    if before is not None and after is not None and before != after:
         sys.exit(
             "compare_benches: error: the two runs' ar lists differ: not the same target, data or requests"
         )
     text = compare(load(args.before), load(args.after), (args.label_before, args.label_after))
+    if before is None or after is None:
+        text = "Per-request lists not compared (no requests.jsonl beside a report).\n\n" + text
+    else:
+        text = (
+            f"The two runs' `ar` lists are the same, request by request ({len(after)} requests).\n\n" + text
+        )
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

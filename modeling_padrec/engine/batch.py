@@ -191,17 +191,18 @@ class BatchDraft:
         self.pad_id = int(self.draft.config.rec_token_ids[0])
         self.tables = None
 
-    def _forward(self, cache: RaggedCache, ids, features, steps, positions, lengths: list[int], logits: bool):
-        """One draft forward of ``ids`` ``(rows, n)`` over ``cache``; row b's first ``lengths[b]`` are real."""
+    def _forward(self, cache: RaggedCache, ids, features, steps, positions, lengths: list[int]):
+        """One draft forward of ``ids`` ``(rows, n)`` over ``cache`` (features only: the head runs where a row
+        needs it); row b's first ``lengths[b]`` are real."""
         lengths_t = torch.tensor(lengths, device=self.device)
         mask = cache.mask(_causal_block(lengths_t, ids.shape[1]))
         ids, positions = ids.to(self.device), positions.to(self.device)
         if self.fused:
-            out = self.draft.decode_step(ids, features, steps, cache.cache, compute_logits=logits,
+            out = self.draft.decode_step(ids, features, steps, cache.cache, compute_logits=False,
                                          position_ids=positions, attention_mask=mask, tables=self.tables)  # fmt: skip
         else:
             out = self.draft(ids, features, step_ids=steps, position_ids=positions, attention_mask=mask,
-                             cache=cache.cache, compute_logits=logits)  # fmt: skip
+                             cache=cache.cache, compute_logits=False)  # fmt: skip
         cache.extend(torch.arange(ids.shape[1], device=self.device)[None] < lengths_t[:, None])
         return out
 
@@ -235,7 +236,7 @@ class BatchDraft:
         features = torch.nn.utils.rnn.pad_sequence(
             [f.to(device=self.device, dtype=self.dtype) for f in feats], batch_first=True
         )
-        out = self._forward(cache, ids, features, 0, positions, lengths, logits=False)
+        out = self._forward(cache, ids, features, 0, positions, lengths)
         for row, m in zip(rows, lengths, strict=True):
             row.draft_known += m
         return [out.features[b, m - 1] if m else None for b, m in enumerate(lengths)]
@@ -298,11 +299,15 @@ class BatchDraft:
             positions = torch.tensor([[d.position] for d in drafting])
             features = torch.stack([d.feature for d in drafting])[:, None]
             lengths = [int(d.stepping) for d in drafting]
-            out = self._forward(self.cache, ids, features, steps, positions, lengths, logits=True)
+            out = self._forward(self.cache, ids, features, steps, positions, lengths)
+            # the head only for rows whose queue this step empties: only they can reach a choice next
+            heads = [b for b, d in enumerate(drafting) if d.stepping and len(d.queue) == 1]
+            logits = self.draft.head_logits(out.features[heads, 0]) if heads else None
             for b, d in enumerate(drafting):
                 if d.stepping:
                     d.queue = d.queue[1:]
-                    d.feature, d.logits = out.features[b, 0], out.logits[b, 0]
+                    d.feature = out.features[b, 0]
+                    d.logits = logits[heads.index(b)] if not d.queue else None
                     d.steps += 1
                     d.position += 1
         self.cache.truncate(start)  # drop every position drafted on the draft's own features
