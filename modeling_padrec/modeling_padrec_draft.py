@@ -648,6 +648,7 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         length = input_ids.shape[1]
         known = cache.get_seq_length()  # positions [0, known) already in the draft cache
         start = time.perf_counter()
+        tables = self.decode_tables(self.device)  # the fast path's tables, checked once a round
         if blind:
             # Blind round: the target has not run yet, so no feature exists. Draft a single token from a zero
             # feature at the last position; the target's prefill verifies it for free.
@@ -662,7 +663,13 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
                     f"no target features for positions {known}..{length - 2}: is the draft attached to the "
                     "model that generates?"
                 )
-            out = self(input_ids[:, known + 1 :], features, step_ids=0, cache=cache)
+            new = input_ids[:, known + 1 :]
+            if known:  # the fast path over the verified positions, causal (they continue the cache)
+                keys = torch.arange(length - 1, device=self.device)
+                causal = (keys[None, :] <= keys[known:, None])[None, None]
+                out = self.decode_step(new, features, 0, cache, attention_mask=causal, tables=tables)
+            else:
+                out = self(new, features, step_ids=0, cache=cache)
         feature, logits = out.features[:, -1:], out.logits[:, -1]
 
         tokens, scores, seconds, sequence = [], [], [], input_ids
@@ -685,7 +692,7 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
             if stop or step + 1 == budget or int(token) in eos:
                 break
             start = time.perf_counter()
-            out = self(token, feature, step_ids=step + 1, cache=cache)
+            out = self.decode_step(token, feature, step + 1, cache, tables=tables)
             feature, logits = out.features, out.logits[:, -1]
         cache.keep(length - 1)  # only positions whose inputs carry true target features
         return tokens, tuple(scores), seconds

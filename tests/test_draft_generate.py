@@ -186,7 +186,14 @@ def test_draft_reads_target_features_of_accepted_positions(worlds, world):
             calls.append((cache.get_seq_length(), input_ids.clone(), target_features.clone()))
         return forward(input_ids, target_features, step_ids=step_ids, cache=cache, **kwargs)
 
-    draft.forward = spy
+    fused = draft.decode_step  # rounds after the first read their features through the fast path
+
+    def spy_step(input_ids, target_features, step, cache, **kwargs):
+        if isinstance(step, int) and step == 0:
+            calls.append((cache.get_seq_length(), input_ids.clone(), target_features.clone()))
+        return fused(input_ids, target_features, step, cache, **kwargs)
+
+    draft.forward, draft.decode_step = spy, spy_step
     prompt = w.prompt([2, 0, 5])
     try:
         out = w.generate(prompt, draft, max_new_tokens=12, constrained=world == "bigram")
