@@ -302,12 +302,14 @@ class BatchDraft:
             out = self._forward(self.cache, ids, features, steps, positions, lengths)
             # the head only for rows whose queue this step empties: only they can reach a choice next
             heads = [b for b, d in enumerate(drafting) if d.stepping and len(d.queue) == 1]
-            logits = self.draft.head_logits(out.features[heads, 0]) if heads else None
+            logits = {}
+            if heads:
+                logits = dict(zip(heads, self.draft.head_logits(out.features[heads, 0]), strict=True))
             for b, d in enumerate(drafting):
                 if d.stepping:
                     d.queue = d.queue[1:]
                     d.feature = out.features[b, 0]
-                    d.logits = logits[heads.index(b)] if not d.queue else None
+                    d.logits = logits.get(b)
                     d.steps += 1
                     d.position += 1
         self.cache.truncate(start)  # drop every position drafted on the draft's own features
