@@ -304,6 +304,8 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
     main_input_name = "input_ids"
     _no_split_modules = ["Qwen2DecoderLayer"]
     _supports_sdpa = True
+    # ``head_logits(features, rows)`` computes only those rows (drafts saved before it did not)
+    head_reads_rows = True
 
     def __init__(self, config: PadRecDraftConfig):
         super().__init__(config)

@@ -147,6 +147,24 @@ def test_no_hooks_and_the_draft_reads_the_engines_features():
     assert got.draft_steps == len(seen)
 
 
+def test_the_draft_head_reads_only_the_allowed_rows_where_the_draft_can():
+    """A PAD-Rec draft's head is read row by row at a choice (the rows of the allowed tokens, same logits as the
+    full head's); a draft without ``head_reads_rows`` (a wrapper, or remote code saved before it) gets the full
+    head, indexed."""
+    from modeling_padrec.engine.proposers import DraftProposer
+
+    world = make_world(levels=2, codes=3, num_items=7, list_len=3, seed=2)
+    draft = new_draft(world.target, world.token_map, depth=3)
+    fast, wrapped = DraftProposer(draft), DraftProposer(AdversarialDraft(draft))
+    assert fast.head_rows and not wrapped.head_rows
+    feature = torch.randn(1, 1, draft.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    allowed = torch.tensor(world.token_map.level_token_ids[1][:3])
+    with torch.no_grad():
+        full = draft.head_logits(feature)[0, -1][fast.rows[allowed]]
+        torch.testing.assert_close(fast.scores(feature, allowed), full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(wrapped.scores(feature, allowed), -full, atol=1e-5, rtol=1e-5)
+
+
 def test_max_new_tokens_cuts_the_list():
     world = make_world(levels=2, codes=3, num_items=7, list_len=3, seed=2)
     trie = CatalogTrie(torch.tensor(world.items), SEP, EOS, world.list_len)

@@ -18,7 +18,6 @@ torch and transformers and its sibling files: it ships as Hub remote code.
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -106,8 +105,8 @@ class DraftProposer:
         self.fused = callable(getattr(draft, "decode_step", None)) and callable(
             getattr(draft, "decode_tables", None)
         )
-        # a draft whose head reads only the rows asked for (``head_logits(features, rows)``)
-        self.head_rows = "rows" in inspect.signature(draft.head_logits).parameters
+        # a draft whose head reads only the rows asked for (``head_logits(features, rows)``) says so
+        self.head_rows = bool(getattr(draft, "head_reads_rows", False))
         self.tables = None
         self.reset()
 
