@@ -870,6 +870,12 @@ def tree_markdown(report: dict) -> list[str]:
                 else ""
             )
             + (
+                f" The chain's, fitted on {chain['rounds']} rounds of the chain itself (what chain shapes are "
+                f"charged): {chain['per_round']:.3f} ms + {chain['per_step']:.3f} ms per draft step."
+                if (chain := cal.get("chain_draft_ms_model"))
+                else ""
+            )
+            + (
                 " Acceptance by the draft's confidence (the curve trees valued by acceptance use): "
                 + ", ".join(f"≥ {c:.3f}: {r:.3f}" for c, r in cal["acceptance"])
                 + "."

@@ -12,7 +12,10 @@ not the ones benchmarked (validation users):
    every drafted choice, and apart for the draft's first pick at a choice point and for its others (at the same
    confidence, the first pick is the likelier to be the target's choice);
 2. **the draft's cost**: per round, its time against the forwards it ran and the nodes it stepped, fitted as
-   ms = a + b · forwards + c · nodes (:func:`draft_cost_model`, non-negative least squares);
+   ms = a + b · forwards + c · nodes (:func:`draft_cost_model`, non-negative least squares); and, where the chain
+   is a candidate, the chain's own: the same requests decoded by the draft's chain ``max_depth`` choices deep,
+   traced, each round's draft time fitted as ms = a + b · steps (:func:`chain_cost_model`), since a chain's
+   one-token steps cost less per node than a tree level's masked forward;
 3. **the target's cost**: one forward over n new positions under a tree mask, timed after a real prompt for n up
    to the largest tree seen (median of repeats).
 
@@ -61,6 +64,8 @@ class TreeCalibration:
     target_ms: dict[int, float] = field(default_factory=dict)  # new positions → ms of one target forward
     draft_ms_by_level: list[float] = field(default_factory=list)  # mean draft ms to grow levels 1..k
     draft_ms_model: dict[str, float] = field(default_factory=dict)  # ms per round, per forward, per node
+    # the chain's: ms per round and per draft step, fitted on the chain's own traced rounds (None: not a candidate)
+    chain_draft_ms_model: dict[str, float] | None = None
     other_ms_per_round: float = 0.0
     grid: list[dict] = field(default_factory=list)
     confidence: list[dict] = field(default_factory=list)  # by level: the draft's confidence vs acceptance
@@ -244,29 +249,43 @@ def growth(round_: dict, depth: int, budget: int | None, curve=None) -> tuple[in
     return forwards, nodes
 
 
+def _nnls(columns: list[list[float]], y: list[float]) -> list[float]:
+    """Non-negative least squares of ``y`` on the ``columns`` (a handful): exact, by trying every active set."""
+    x = torch.tensor(columns, dtype=torch.float64).T
+    target = torch.tensor(y, dtype=torch.float64)
+    k = x.shape[1]
+    best, best_err = [0.0] * k, float((target**2).sum())
+    for mask in range(1, 2**k):
+        subset = [j for j in range(k) if mask >> j & 1]
+        coef = torch.linalg.lstsq(x[:, subset], target[:, None]).solution[:, 0]
+        if bool((coef < 0).any()):
+            continue
+        err = float(((x[:, subset] @ coef - target) ** 2).sum())
+        if err < best_err - 1e-12:
+            best, best_err = [0.0] * k, err
+            for j, c in zip(subset, coef.tolist(), strict=True):
+                best[j] = c
+    return best
+
+
 def draft_cost_model(rounds: list[dict]) -> tuple[float, float, float]:
     """(ms per round, ms per draft forward, ms per node stepped): a non-negative least-squares fit of every traced
     round's draft time (catch-up included: one forward and one node per token)."""
-    rows = []
-    for r in rounds:
-        catch_up = r["draft_steps"] - r["tree_forwards"]
-        rows.append(
-            (1.0, float(r["draft_steps"]), float(catch_up + r["tree_nodes"]), 1000 * r["draft_seconds"])
-        )
-    x = torch.tensor([row[:3] for row in rows], dtype=torch.float64)
-    y = torch.tensor([row[3] for row in rows], dtype=torch.float64)
-    best, best_err = (float(y.mean()), 0.0, 0.0), float(((y - y.mean()) ** 2).sum())
-    for subset in ((0, 1, 2), (0, 1), (0, 2), (1, 2), (1,), (2,)):  # every active set: exact NNLS in 3 terms
-        coef = torch.linalg.lstsq(x[:, subset], y[:, None]).solution[:, 0]
-        if bool((coef < 0).any()):
-            continue
-        err = float(((x[:, subset] @ coef - y) ** 2).sum())
-        if err < best_err - 1e-12:
-            full = [0.0, 0.0, 0.0]
-            for k, c in zip(subset, coef.tolist(), strict=True):
-                full[k] = c
-            best, best_err = tuple(full), err
-    return best
+    ones = [1.0] * len(rounds)
+    forwards = [float(r["draft_steps"]) for r in rounds]
+    nodes = [float(r["draft_steps"] - r["tree_forwards"] + r["tree_nodes"]) for r in rounds]
+    ms = [1000 * r["draft_seconds"] for r in rounds]
+    return tuple(_nnls([ones, forwards, nodes], ms))
+
+
+def chain_cost_model(rounds: list[dict]) -> tuple[float, float]:
+    """(ms per round, ms per draft step): the chain's draft time per round fitted on rounds of the chain itself
+    (non-negative least squares). A chain steps one token at a time through the draft's one-token fast path,
+    which costs less per node than a tree level's masked many-node forward: charged by the tree's fit, deep chains
+    looked dearer than they are."""
+    ones = [1.0] * len(rounds)
+    steps = [float(r["draft_steps"]) for r in rounds]
+    return tuple(_nnls([ones, steps], [1000 * r["draft_seconds"] for r in rounds]))
 
 
 def _reached(rounds: list[dict]):
@@ -415,6 +434,13 @@ def calibrate_tree(
     ]
     other = statistics.mean(other_ms)
     per_round, per_forward, per_node = draft_cost_model(rounds)
+    ranks = (*RANKS, "chain") if rank == "auto" else (rank,)
+    chain_model = None
+    if "chain" in ranks:  # the chain's own cost: the same requests decoded by the draft's chain, traced
+        chain = Engine(rec.target.model, rec.trie, draft, max_depth,
+                       GenerationSettings(max_new_tokens=rec.max_new_tokens))  # fmt: skip
+        chain_rounds = [r for p in prompts for r in chain.generate(p, trace=True).trace]
+        chain_model = chain_cost_model(chain_rounds)
     curve = acceptance_curve(rounds)
     by_sibling = []
     for first in (True, False):
@@ -425,7 +451,7 @@ def calibrate_tree(
     curves = {"draft": None, "acceptance": curve, "sibling": by_sibling, "chain": "chain"}
     catch_up = [r["draft_steps"] - r["tree_forwards"] for r in rounds]
     grid = []
-    for rank_ in (*RANKS, "chain") if rank == "auto" else (rank,):
+    for rank_ in ranks:
         values = curves[rank_]
         for depth in range(1, levels + 1):
             for budget in (None,) if rank_ == "chain" else budgets:
@@ -433,10 +459,16 @@ def calibrate_tree(
                 grown = [growth(r, depth, budget, values) for r in rounds]
                 positions = statistics.mean(p for p, _ in replays)
                 choices = statistics.mean(a for _, a in replays) + 1
-                draft = statistics.mean(
-                    per_round + per_forward * (c + f) + per_node * (c + n)
-                    for c, (f, n) in zip(catch_up, grown, strict=True)
-                )
+                if rank_ == "chain":  # a chain's steps (catch-up included) at the chain's own cost
+                    draft = statistics.mean(
+                        chain_model[0] + chain_model[1] * (c + f)
+                        for c, (f, _) in zip(catch_up, grown, strict=True)
+                    )
+                else:
+                    draft = statistics.mean(
+                        per_round + per_forward * (c + f) + per_node * (c + n)
+                        for c, (f, n) in zip(catch_up, grown, strict=True)
+                    )
                 ms = draft + statistics.mean(_interpolate(target_ms, p) for p, _ in replays) + other
                 grid.append({
                     "rank": rank_, "depth": depth, "budget": budget, "positions": round(positions, 2),
@@ -456,5 +488,7 @@ def calibrate_tree(
         target_ms={k: round(v, 4) for k, v in target_ms.items()}, draft_ms_by_level=[round(d, 4) for d in draft_ms],
         draft_ms_model={"per_round": round(per_round, 4), "per_forward": round(per_forward, 4),
                         "per_node": round(per_node, 4)},
+        chain_draft_ms_model=None if chain_model is None else {
+            "per_round": round(chain_model[0], 4), "per_step": round(chain_model[1], 4), "rounds": len(chain_rounds)},
         other_ms_per_round=round(other, 4), grid=grid, confidence=confidence_by_level(rounds), branching=branching,
     )  # fmt: skip

@@ -289,6 +289,11 @@ def test_draft_trees_in_the_bench_with_a_calibrated_shape(tmp_path, tiny_target,
     chosen = [g for g in cal["grid"] if (g["rank"], g["depth"], g["budget"]) == shape]
     assert chosen[0]["choices_per_ms"] == max(g["choices_per_ms"] for g in cal["grid"])
     assert all(g["draft_ms"] >= 0 for g in cal["grid"]) and min(cal["draft_ms_model"].values()) >= 0
+    chain_model = cal["chain_draft_ms_model"]  # chain shapes are charged at the chain's own fitted cost
+    assert chain_model["rounds"] > 0 and min(chain_model.values()) >= 0
+    for g in cal["grid"]:
+        if g["rank"] == "chain":
+            assert g["draft_ms"] >= chain_model["per_round"]
     curve = cal["acceptance"]
     assert curve[0][0] == 0.0 and [r for _, r in curve] == sorted(r for _, r in curve)
     assert {g["depth"] for g in cal["grid"]} <= {1, 2, 3} and cal["rounds"] > 0

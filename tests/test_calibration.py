@@ -11,6 +11,7 @@ from draft_world import EOS, SEP, make_world, perturbed
 from modeling_padrec.calibration import (
     _chain_cut,
     acceptance_curve,
+    chain_cost_model,
     confidence_by_level,
     draft_cost_model,
     growth,
@@ -172,6 +173,16 @@ def test_draft_cost_model_recovers_a_linear_cost_and_stays_non_negative():
     # a cost that falls with the nodes stepped fits no negative coefficient
     rounds = [chain_round(s, f, n, 5.0 + 0.3 * s - 0.05 * (s - f + n)) for s, f, n in shapes]
     assert min(draft_cost_model(rounds)) >= 0.0
+
+
+def test_chain_cost_model_recovers_a_per_step_cost_and_stays_non_negative():
+    steps = [3, 7, 12, 5, 15, 9]
+    rounds = [chain_round(s, 0, 0, 1.5 + 0.4 * s) for s in steps]
+    a, b = chain_cost_model(rounds)
+    assert abs(a - 1.5) < 1e-6 and abs(b - 0.4) < 1e-6
+    # a time that falls with the steps fits no negative slope: the mean, per round
+    a, b = chain_cost_model([chain_round(s, 0, 0, 9.0 - 0.2 * s) for s in steps])
+    assert b == 0.0 and abs(a - (9.0 - 0.2 * sum(steps) / len(steps))) < 1e-6
 
 
 def test_confidence_counts_reached_choice_points_only():
