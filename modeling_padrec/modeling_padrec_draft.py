@@ -441,11 +441,11 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
     ) -> PadRecDraftOutput:
         """``forward`` for new positions after ``cache`` (inference only), in far fewer ops.
 
-        One token per row (``input_ids`` ``(batch, 1)``, positions continuing the cache), or several with a boolean
-        ``attention_mask`` ``(batch, 1, m, cache + m)`` (True = attend), draft steps ``step`` (an int or
-        ``(batch, m)``) and their own ``position_ids`` ``(batch, m)`` where they do not continue the cache: the
-        verified positions a chain catches up on, the nodes of one level of a draft tree, or the rows of a batch
-        whose caches hold different numbers of positions. The same weights and the same
+        One token per row (``input_ids`` ``(batch, 1)``, positions continuing the cache), or several: continuing
+        the cache, causal (the verified positions a chain catches up on), or with their own ``position_ids``
+        ``(batch, m)`` and a boolean ``attention_mask`` ``(batch, 1, m, cache + m)`` (True = attend; the nodes of
+        one level of a draft tree, or the rows of a batch whose caches hold different numbers of positions); draft
+        steps ``step`` an int or ``(batch, m)``. The same weights and the same
         function, rearranged: the fused input's token half, the item-slot signal and the step embedding are
         per-token constants read from tables; q/k/v and gate/up run as one matmul each; rotary angles come from a
         table. The tables are rebuilt whenever a weight changes; a caller stepping many times with unchanged
@@ -458,10 +458,13 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         else:
             positions = position_ids.reshape(rows, m)
             last, index = int(positions.max()), positions
-        if last >= len(t["cos"]) or (m > 1 and attention_mask is None):
+        if last >= len(t["cos"]) or (m > 1 and attention_mask is None and position_ids is not None):
             positions = t["positions"][index].expand(rows, m) if position_ids is None else positions
             return self(input_ids, target_features, step_ids=step, position_ids=positions,
                         attention_mask=attention_mask, cache=cache, compute_logits=compute_logits)  # fmt: skip
+        if m > 1 and attention_mask is None:  # positions continuing the cache: causal over cache + new
+            keys = t["positions"][: past + m]
+            attention_mask = (keys[None, :] <= keys[past:, None])[None, None]
         heads, kv_heads, head_dim, eps = t["shape"]
         feature = target_features.reshape(rows * m, -1).to(t["fc_feature"].dtype)
         hidden = torch.addmm(t["token"][t["rows"][input_ids.reshape(-1)]], feature, t["fc_feature"])
@@ -666,10 +669,8 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
                     "model that generates?"
                 )
             new = input_ids[:, known + 1 :]
-            if known:  # the fast path over the verified positions, causal (they continue the cache)
-                keys = torch.arange(length - 1, device=self.device)
-                causal = (keys[None, :] <= keys[known:, None])[None, None]
-                out = self.decode_step(new, features, 0, cache, attention_mask=causal, tables=tables)
+            if known:  # the fast path over the verified positions (causal: they continue the cache)
+                out = self.decode_step(new, features, 0, cache, tables=tables)
             else:
                 out = self(new, features, step_ids=0, cache=cache)
         feature, logits = out.features[:, -1:], out.logits[:, -1]

@@ -169,11 +169,10 @@ class DraftProposer:
         # entry t = (f_t, x_{t+1}); the last one predicts the feature of position ``committed``
         inputs = torch.tensor([sequence[known + 1 : committed + 1]], device=self.device)
         features = features.to(self.dtype)
-        if self.fused and known:  # the fast path, causal over the new positions (they continue the cache)
-            keys = torch.arange(committed, device=self.device)
-            causal = (keys[None, :] <= keys[known:, None])[None, None]
-            out = self.draft.decode_step(inputs, features, 0, self.cache, compute_logits=False,
-                                         attention_mask=causal, tables=self.tables)  # fmt: skip
+        if self.fused and known:  # the fast path (causal: the new positions continue the cache)
+            out = self.draft.decode_step(
+                inputs, features, 0, self.cache, compute_logits=False, tables=self.tables
+            )
         else:  # the prompt (or a draft without the fast path): the model's own forward
             out = self.draft(inputs, features, step_ids=0, cache=self.cache, compute_logits=False)
         return self._step_run(sequence[committed + 1 :], out.features[:, -1:], 1)
