@@ -30,6 +30,16 @@ def _inputs(draft, length=7, seed=0):
     return ids, feats
 
 
+def _moved_draft(world, item, step, gate, seed):
+    """A draft with the given signals whose every weight is moved off its init (zero gates, unit norms, ...)."""
+    draft = new_draft(world.target, world.token_map, depth=3, use_item_position=item, use_step_position=step,
+                      seed=seed, step_gate=gate)  # fmt: skip
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    return draft
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -132,11 +142,7 @@ def test_decode_step_is_forward_for_one_token(lora_world, item, step, gate):
     rebuilds its tables when a weight changes."""
     from transformers import DynamicCache
 
-    draft = new_draft(lora_world.target, lora_world.token_map, depth=3, use_item_position=item,
-                      use_step_position=step, seed=3, step_gate=gate)  # fmt: skip
-    with torch.no_grad():
-        for p in draft.parameters():  # move every weight off its init (zero gates, unit norms, ...)
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    draft = _moved_draft(lora_world, item, step, gate, seed=3)
     ids, feats = _inputs(draft, length=9, seed=4)
     slow, fast = DynamicCache(), DynamicCache()
     with torch.no_grad():
@@ -337,11 +343,7 @@ def test_decode_step_for_tree_nodes_is_forward_under_the_same_mask(lora_world, i
     """Several tokens at once (one level of a draft tree): own positions, own steps, a boolean tree mask."""
     from transformers import DynamicCache
 
-    draft = new_draft(lora_world.target, lora_world.token_map, depth=3, use_item_position=item,
-                      use_step_position=step, seed=5, step_gate=gate)  # fmt: skip
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    draft = _moved_draft(lora_world, item, step, gate, seed=5)
     ids, feats = _inputs(draft, length=9, seed=6)
     slow, fast = DynamicCache(), DynamicCache()
     mask = torch.ones(1, 1, 3, 7, dtype=torch.bool)
@@ -369,16 +371,12 @@ def test_decode_step_for_tree_nodes_is_forward_under_the_same_mask(lora_world, i
 
 @pytest.mark.parametrize("item,step,gate", SIGNALS)
 def test_decode_step_catches_up_on_positions_that_continue_the_cache(lora_world, item, step, gate):
-    """Several new positions continuing the cache (a chain's catch-up on the verified positions), under a causal
-    mask and without position ids, compute what forward computes; the head read by rows gives those rows of the
+    """Several new positions continuing the cache (a chain's catch-up on the verified positions), without position
+    ids, under a causal mask given or left to decode_step, compute what forward computes; the head read by rows gives those rows of the
     full head, in the order asked."""
     from transformers import DynamicCache
 
-    draft = new_draft(lora_world.target, lora_world.token_map, depth=3, use_item_position=item,
-                      use_step_position=step, seed=7, step_gate=gate)  # fmt: skip
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    draft = _moved_draft(lora_world, item, step, gate, seed=7)
     ids, feats = _inputs(draft, length=9, seed=8)
     slow, fast = DynamicCache(), DynamicCache()
     keys = torch.arange(9)
@@ -388,9 +386,12 @@ def test_decode_step_catches_up_on_positions_that_continue_the_cache(lora_world,
         draft(ids[:, :5], feats[:, :5], cache=fast)
         a = draft(ids[:, 5:], feats[:, 5:], cache=slow)
         b = draft.decode_step(ids[:, 5:], feats[:, 5:], 0, fast, attention_mask=causal)
+        fast.crop(-4)  # the same positions again, with the causal mask left to decode_step
+        c = draft.decode_step(ids[:, 5:], feats[:, 5:], 0, fast)
         rows = torch.tensor([4, 0, 2, len(draft.config.rec_token_ids) - 1])
         picked = draft.head_logits(b.features, rows)
     torch.testing.assert_close(b.features, a.features, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(b.logits, a.logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(picked, b.logits[..., rows], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c.features, b.features, atol=1e-6, rtol=1e-6)
     assert fast.get_seq_length() == 9
