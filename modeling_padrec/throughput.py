@@ -326,6 +326,27 @@ def summarize(cfg: ThroughputConfig, cells: dict, users: list[str], rec) -> dict
     }
 
 
+def _batch_table(cfg: dict, methods: dict, cell) -> list[str]:
+    """A markdown table, one row per batch size and one column per method; ``cell(m)`` renders a method's figures
+    at that batch size (``m`` is None where the method did not run)."""
+    lines = ["| batch | " + " | ".join(f"`{n}`" for n in methods) + " |", "|---:|" + "---:|" * len(methods)]
+    for batch in map(str, cfg["batch_sizes"]):
+        lines.append("| " + " | ".join([batch, *(cell(methods[name].get(batch)) for name in methods)]) + " |")
+    return lines
+
+
+def _speed_cell(m: dict | None) -> str:
+    if m is None:
+        return "—"
+    return f"{m['users_per_s']:.2f} ({m['x_generate']:.2f}×)<br>{m['latency_p50_ms']:.0f} / {m['latency_p90_ms']:.0f} ms"
+
+
+def _share_cell(m: dict | None) -> str:
+    share = (m or {}).get("wall_share")
+    # target / draft / other, in Cell.wall_share's order
+    return "—" if share is None else " / ".join(f"{100 * v:.0f}" for v in share.values())
+
+
 def throughput_markdown(report: dict) -> str:
     cfg, hw, methods = report["config"], report["hardware"], report["methods"]
     device = hw.get("gpu") or f"{hw['cpu']}, {hw['torch_threads']} torch thread(s)"
@@ -339,36 +360,16 @@ def throughput_markdown(report: dict) -> str:
         "",
         "Users per second (× batched stock `generate` at the same batch size), latency per user p50 / p90 ms:",
         "",
-        "| batch | " + " | ".join(f"`{n}`" for n in methods) + " |",
-        "|---:|" + "---:|" * len(methods),
+        *_batch_table(cfg, methods, _speed_cell),
     ]
-    for batch in map(str, cfg["batch_sizes"]):
-        row = [batch]
-        for name in methods:
-            m = methods[name].get(batch)
-            row.append(
-                "—"
-                if m is None
-                else f"{m['users_per_s']:.2f} ({m['x_generate']:.2f}×)<br>"
-                f"{m['latency_p50_ms']:.0f} / {m['latency_p90_ms']:.0f} ms"
-            )
-        lines.append("| " + " | ".join(row) + " |")
     if any(m.get("wall_share") for by_batch in methods.values() for m in by_batch.values()):
         lines += [
             "",
             "Where the wall-clock goes, % in the target's decoder / in the draft / in the rest (the host's side of "
             "decoding: catalog walks, masks, cache bookkeeping; the LM head; `generate`'s own loop):",
             "",
-            "| batch | " + " | ".join(f"`{n}`" for n in methods) + " |",
-            "|---:|" + "---:|" * len(methods),
+            *_batch_table(cfg, methods, _share_cell),
         ]
-        for batch in map(str, cfg["batch_sizes"]):
-            row = [batch]
-            for name in methods:
-                share = (methods[name].get(batch) or {}).get("wall_share")
-                # target / draft / other, in Cell.wall_share's order
-                row.append("—" if share is None else " / ".join(f"{100 * v:.0f}" for v in share.values()))
-            lines.append("| " + " | ".join(row) + " |")
     stops = report["speculation_stops_paying_at"]
     lines += [
         "",
