@@ -340,6 +340,7 @@ class Measurement:
     # (start offset in the output, drafted, accepted, kept[, offsets of the choices within the draft (engine)])
     rounds: list[tuple]
     draft_steps: int = 0  # draft forwards (stock path: drafted tokens)
+    forced_draft_steps: int = 0  # engine: of those, the steps over forced tokens only
 
     def to_json(self) -> dict:
         return {
@@ -350,6 +351,7 @@ class Measurement:
             "verify_ms": round(self.verify_ms, 3),
             "draft_ms": round(self.draft_ms, 3),
             "draft_steps": self.draft_steps,
+            "forced_draft_steps": self.forced_draft_steps,
             "rounds": [list(r) for r in self.rounds],
             "output_ids": self.output_ids,
             "items": self.items,
@@ -365,13 +367,15 @@ def measure(
             (start, drafted, acc, acc, offsets) for start, drafted, acc, offsets in r.extra.get("rounds", [])
         ]
         draft_ms, draft_steps = r.extra["draft_ms"], r.extra["draft_steps"]
+        forced_steps = r.extra["forced_draft_steps"]
     else:
         offset = len(r.prompt_ids)
         rounds = [(start - offset, drafted, acc, kept) for start, drafted, acc, kept in recorder.rounds]
         draft_ms, draft_steps = 1000 * recorder.draft_seconds, sum(d for _, d, _, _ in rounds)
+        forced_steps = 0
     return Measurement(
         method.name, user, r.output_ids, r.items, r.latency_ms, r.target_forwards, r.forward_ms, draft_ms,
-        rounds, draft_steps,
+        rounds, draft_steps, forced_steps,
     )  # fmt: skip
 
 
@@ -477,6 +481,14 @@ def summarize(
     n = len(runs)
     draft_ms = sum(m.draft_ms for m in runs)
     draft_steps = sum(m.draft_steps for m in runs)
+    forced_steps = sum(m.forced_draft_steps for m in runs)
+    # each request without its draft steps over forced tokens, each charged the request's mean step cost: the
+    # most a draft that stepped only at choices (same proposals) could save
+    choice_only = [
+        a.latency_ms / (m.latency_ms - m.draft_ms * m.forced_draft_steps / m.draft_steps)
+        for a, m in zip(ar_runs, runs, strict=True)
+        if m.draft_steps
+    ]
     verify_ms = sum(m.verify_ms for m in runs)
     choices = [choice_positions(rec.trie, m.output_ids) for m in runs]
     total_ms = sum(latencies)
@@ -501,6 +513,8 @@ def summarize(
         "target_forwards_mean": round(forwards / n, 3),
         "draft_ms_per_step": round(draft_ms / draft_steps, 4) if draft_steps else None,
         "draft_steps_mean": round(draft_steps / n, 3),
+        "forced_draft_steps_mean": round(forced_steps / n, 3),
+        "speedup_if_forced_steps_free": _pct(choice_only, 50) if forced_steps else None,
         "choices_per_list": round(sum(choices) / n, 3),
         "forced_share": round(1 - sum(choices) / tokens, 4),
         "rounds_mean": round(rounds_total / n, 3),
@@ -577,8 +591,11 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     return result.report
 
 
-def bench_run(cfg: BenchConfig, progress: bool = True) -> BenchRun:
-    """Every method on ``cfg.users`` requests, interleaved, each list checked against ``ar``'s."""
+def bench_run(cfg: BenchConfig, progress: bool = True, extra_methods=None) -> BenchRun:
+    """Every method on ``cfg.users`` requests, interleaved, each list checked against ``ar``'s.
+
+    ``extra_methods``: an optional ``(recommender, methods) -> [Method, ...]`` adding methods of the caller's own
+    (an experimental proposer on the engine, say), measured and checked like every other."""
     from tqdm.auto import tqdm
 
     from .catalog import unseen_note
@@ -607,6 +624,11 @@ def bench_run(cfg: BenchConfig, progress: bool = True) -> BenchRun:
         cfg.engine_depth,
         cfg.tree,
     )
+    if extra_methods is not None:
+        methods += extra_methods(rec, methods)
+        names = [m.name for m in methods]
+        if len(set(names)) != len(names):
+            raise PadrecError(f"extra methods: two methods share a name ({names})")
     sampling = None
     if cfg.temperature is not None:
         if not cfg.temperature > 0:
@@ -763,17 +785,33 @@ def report_markdown(report: dict) -> str:
         "",
         "## Where the time goes (ms per request; per round in brackets)",
         "",
-        "| method | rounds | drafted / accepted per round | draft | verify (target forwards) | other | total |",
-        "|---|---|---|---|---|---|---|",
+        "| method | rounds | drafted / accepted per round | draft steps (over forced tokens) | draft "
+        "| verify (target forwards) | other | total |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in report["methods"].items():
         p, r = m["profile_ms_per_request"], m["profile_ms_per_round"] or {}
+        forced = m.get("forced_draft_steps_mean")
+        steps = f"{m['draft_steps_mean']:.1f}" + (
+            f" ({forced:.1f})" if m["kind"] == "engine" and forced else ""
+        )
         lines.append(
             f"| {name} | {m['rounds_mean']:.1f} | {_fmt(m['drafted_per_round'], '.2f')} / "
-            f"{_fmt(m['accepted_per_round'], '.2f')} | {p['draft']:.1f} ({_fmt(r.get('draft'), '.2f')}) "
+            f"{_fmt(m['accepted_per_round'], '.2f')} | {steps} | {p['draft']:.1f} ({_fmt(r.get('draft'), '.2f')}) "
             f"| {p['verify']:.1f} ({_fmt(r.get('verify'), '.2f')}) | {p['other']:.1f} "
             f"({_fmt(r.get('other'), '.2f')}) | {p['total']:.1f} |"
         )
+    free = {n: m["speedup_if_forced_steps_free"] for n, m in report["methods"].items()
+            if m.get("speedup_if_forced_steps_free")}  # fmt: skip
+    if free:
+        lines += [
+            "",
+            "The engine's draft steps over forced tokens carry its feature chain to the next choice; a draft that "
+            "stepped only at choices would skip them. Speedup with those steps free (each charged its request's "
+            "mean draft step; same proposals, an upper bound): "
+            + ", ".join(f"{n} {v:.2f}×" for n, v in free.items())
+            + ".",
+        ]
     lines += tree_markdown(report)
     lines += [
         "",

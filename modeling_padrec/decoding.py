@@ -196,6 +196,7 @@ class Recommender:
             "forced_tokens": result.forced_tokens,
             "choices": result.choices,
             "draft_steps": result.draft_steps,
+            "forced_draft_steps": result.forced_draft_steps,
             "draft_ms": round(1000 * result.draft_seconds, 3),
         }
         if depth:

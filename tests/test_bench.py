@@ -197,6 +197,11 @@ def test_acceptance_bookkeeping_by_step_and_slot(tiny_target, synthetic_dir):
     engine = Measurement("e", user, out, [0, 1], 5.0, 2, 4.0, 0.5, [(0, 3, 2, 2, [0, 2])], draft_steps=3)
     e = summarize("e", [engine], [ar], rec, "test", engine_depth=2)
     assert e["alpha_by_step"] == [1.0, 0.0] and e["alpha_by_slot"] == {"a": 1.0, "c": 0.0}
+    assert e["forced_draft_steps_mean"] == 0 and e["speedup_if_forced_steps_free"] is None
+    # 2 of its 4 draft steps over forced tokens, 1 ms of drafting: free, they would leave 5.0 - 0.5 ms of 10.0
+    engine = Measurement("e", user, out, [0, 1], 5.0, 2, 4.0, 1.0, [(0, 3, 2, 2, [0, 2])], 4, 2)
+    e = summarize("e", [engine], [ar], rec, "test", engine_depth=2)
+    assert e["forced_draft_steps_mean"] == 2 and e["speedup_if_forced_steps_free"] == round(10.0 / 4.5, 4)
     assert e["choices_per_list"] == sum(rec.trie.walk(out[:i]).num_allowed() > 1 for i in range(len(out)))
 
 

@@ -147,6 +147,26 @@ def test_no_hooks_and_the_draft_reads_the_engines_features():
     assert got.draft_steps == len(seen)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_draft_steps_over_forced_tokens_are_counted(seed):
+    """A chain round's draft forwards are the catch-up, one step per token after the first the target had not run
+    (the trie's forced run) and one per drafted token before the round's last choice; the forced ones are the
+    steps a draft reading only choices would skip: every step but the catch-up and those over drafted choices."""
+    world = make_world(levels=3, codes=3, num_items=12, list_len=5, seed=seed, lora=True)
+    world.items = catalog_items(world, random.Random(seed), "chains" if seed % 2 else "random", 12)
+    trie = CatalogTrie(torch.tensor(world.items), SEP, EOS, world.list_len)
+    draft = perturbed(new_draft(world.target, world.token_map, depth=4, seed=seed), scale=0.5, seed=seed)
+    engine = Engine(world.target, trie, draft, 3, GenerationSettings(max_new_tokens=40))
+    got = engine.generate(world.prompt([0, 1]), trace=True)
+    assert got.trace and got.forced_draft_steps > 0
+    for r in got.trace:
+        last = max(i for i, c in enumerate(r["choice"]) if c)
+        assert r["draft_steps"] == r["waiting"] + last  # catch-up, waiting - 1 forced, every token before ``last``
+        assert r["draft_steps"] - r["forced_steps"] == 1 + sum(r["choice"][:last])
+    assert got.forced_draft_steps == sum(r["forced_steps"] for r in got.trace)
+    assert got.draft_steps == sum(r["draft_steps"] for r in got.trace)
+
+
 def test_the_draft_head_reads_only_the_allowed_rows_where_the_draft_can():
     """A PAD-Rec draft's head is read row by row at a choice (the rows of the allowed tokens, same logits as the
     full head's); a draft without ``head_reads_rows`` (a wrapper, or remote code saved before it) gets the full

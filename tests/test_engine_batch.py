@@ -71,6 +71,7 @@ def test_batched_rows_equal_batch_one_and_stock_generate(
         assert outputs[i].output_ids == world.generate(torch.tensor([prompt]), max_new_tokens=max_new)
         # the same rounds as alone: the same proposals, accepted lengths and forwards
         assert outputs[i].target_forwards == alone.target_forwards
+        assert outputs[i].forced_draft_steps == alone.forced_draft_steps
         assert [r.to_json() for r in outputs[i].rounds] == [r.to_json() for r in alone.rounds]
 
 

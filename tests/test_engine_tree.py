@@ -111,6 +111,7 @@ def test_tree_greedy_equals_stock_generate(
     if width == 1 and budget is None and not ranked:  # a tree of width one is the chain
         chain = Engine(world.target, trie, draft, depth, sets).generate(prompt)
         assert (got.target_forwards, got.draft_steps) == (chain.target_forwards, chain.draft_steps)
+        assert got.forced_draft_steps == chain.forced_draft_steps
         assert [r.to_json() for r in got.rounds] == [r.to_json() for r in chain.rounds]
 
 
@@ -131,9 +132,10 @@ def test_width_one_is_the_chain(draft_kind, sample):
             outs.append(engine.generate(prompt, generator=torch.Generator().manual_seed(seed)))
         chain, tree = outs
         assert tree.output_ids == chain.output_ids
-        assert (tree.target_forwards, tree.draft_steps, tree.choices) == (
+        assert (tree.target_forwards, tree.draft_steps, tree.forced_draft_steps, tree.choices) == (
             chain.target_forwards,
             chain.draft_steps,
+            chain.forced_draft_steps,
             chain.choices,
         )
         assert [r.to_json() for r in tree.rounds] == [r.to_json() for r in chain.rounds]

@@ -163,7 +163,7 @@ class _Drafting:
     still to step over, and the proposal so far."""
 
     __slots__ = ("row", "state", "feature", "logits", "steps", "position", "queue", "unstepped", "proposal",
-                 "room", "stepping")  # fmt: skip
+                 "room", "stepping", "forced")  # fmt: skip
 
     def __init__(self, row: _Row, feature: torch.Tensor, logits: torch.Tensor):
         req = row.request
@@ -171,6 +171,7 @@ class _Drafting:
         self.feature, self.logits = feature, logits
         self.steps, self.position = 1, req.committed
         self.queue = req.seq[req.committed + 1 :]  # decided tokens the target has not run (bonus, forced run)
+        self.forced = len(self.queue)  # steps over forced tokens only: every one after the first unrun token
         self.unstepped: list[int] = []
         self.proposal, self.room, self.stepping = Proposal(), req.room(), True
 
@@ -269,6 +270,7 @@ class BatchDraft:
                     return False
                 if d.unstepped:
                     d.queue, d.unstepped = d.unstepped, []
+                    d.forced += len(d.queue) - 1  # a drafted choice, then its forced run
                     break
                 allowed = state.allowed_tensor(self.device)
                 token, q = d.row.request.chooser.choose(d.logits[self.rows[allowed]].float(), allowed)
@@ -317,6 +319,7 @@ class BatchDraft:
         seconds = time.perf_counter() - t0
         for d in drafting:
             d.proposal.draft_steps, d.proposal.draft_seconds = d.steps, seconds
+            d.proposal.forced_steps = d.forced
         return [d.proposal for d in drafting]
 
 

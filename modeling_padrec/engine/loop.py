@@ -57,6 +57,7 @@ class EngineOutput:
     choices: int = 0  # positions where the catalog left a choice
     rounds: list[Round] = field(default_factory=list)
     draft_steps: int = 0
+    forced_draft_steps: int = 0  # of ``draft_steps``, those over forced tokens only
     draft_seconds: float = 0.0
     forward_seconds: float = 0.0
     seconds: float = 0.0
@@ -174,7 +175,8 @@ class Engine:
         the proposal), the proposal's ``parent``, ``choice``, and for trees ``score`` (each node's value: the
         draft's cumulative log-probability of its path, unless the tree ranks by an acceptance curve), ``level``,
         ``level_seconds``, ``tree_forwards`` and ``tree_nodes`` (draft forwards and nodes spent growing it); the
-        accepted ``path`` (node indices), ``draft_steps`` (draft forwards, catch-up included), and
+        accepted ``path`` (node indices), ``draft_steps`` (draft forwards, catch-up included), ``forced_steps`` (of
+        those, the ones over forced tokens only), and
         ``draft_seconds`` / ``verify_seconds``."""
         t_start = self.clock()
         req = self.request(prompt_ids, generator, settings, trace)
@@ -308,13 +310,14 @@ class Request:
         out.target_forwards += 1
         out.forward_seconds += verify_seconds
         out.draft_steps += proposal.draft_steps
+        out.forced_draft_steps += proposal.forced_steps
         out.draft_seconds += proposal.draft_seconds
         if out.trace is not None and proposal.tokens:
             out.trace.append({
                 "waiting": waiting, "tokens": proposal.tokens, "parent": proposal.parents, "choice": proposal.choice,
                 "score": proposal.score, "level": proposal.level, "level_seconds": proposal.level_seconds,
                 "path": path, "draft_seconds": proposal.draft_seconds, "verify_seconds": verify_seconds,
-                "draft_steps": proposal.draft_steps, "tree_forwards": proposal.tree_forwards,
+                "draft_steps": proposal.draft_steps, "forced_steps": proposal.forced_steps, "tree_forwards": proposal.tree_forwards,
                 "tree_nodes": proposal.tree_nodes,
             })  # fmt: skip
         if proposal.tokens:

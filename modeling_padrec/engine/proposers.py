@@ -43,6 +43,8 @@ class Proposal:
     q: list[torch.Tensor | None] = field(default_factory=list)
     parent: list[int] | None = None
     draft_steps: int = 0
+    # of ``draft_steps``, those over forced tokens only (a draft reading only choices would skip them)
+    forced_steps: int = 0
     draft_seconds: float = 0.0
     # trees only: each node's value (the draft's cumulative log-probability of its path, or the log of its
     # calibrated acceptance) and level (choices on its path), the draft's time from the round's start to the end
@@ -114,6 +116,7 @@ class DraftProposer:
         """Forget the previous request."""
         self.cache = DynamicCache()
         self.pending: list[torch.Tensor] = []  # target features of positions not yet in the draft cache
+        self.forced_steps = 0  # this round's draft steps over forced tokens
 
     @property
     def known(self) -> int:
@@ -156,6 +159,8 @@ class DraftProposer:
         the forced run). Returns the feature predicting the next token and the draft step the next position
         takes."""
         known = self.known
+        # every token after the first one the target has not run is the trie's forced run
+        self.forced_steps = max(len(sequence) - committed - 1, 0)
         # the fast path's tables, checked against the weights once per round rather than once per step
         self.tables = self.draft.decode_tables(self.device) if self.fused else None
         features = torch.cat(self.pending, dim=1) if len(self.pending) > 1 else self.pending[0]
@@ -199,6 +204,7 @@ class DraftProposer:
                 if proposal.choices == self.depth:
                     break
                 feature, steps = self._step_run(unstepped, feature, steps)
+                self.forced_steps += max(len(unstepped) - 1, 0)  # a drafted choice, then its forced run
                 unstepped = []
                 allowed = state.allowed_tensor(self.device)
                 token, q = chooser.choose(self.scores(feature, allowed), allowed)
@@ -209,6 +215,6 @@ class DraftProposer:
             proposal.q.append(q)
             unstepped.append(token)
         crop(self.cache, committed)  # drop every position drafted on the draft's own features
-        proposal.draft_steps = steps
+        proposal.draft_steps, proposal.forced_steps = steps, self.forced_steps
         proposal.draft_seconds = time.perf_counter() - t0
         return proposal

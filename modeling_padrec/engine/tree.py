@@ -206,7 +206,7 @@ class TreeProposer(DraftProposer):
         keep = self._cut(branches) if cut_budget is not None else branches
         proposal = self._proposal(keep)
         proposal.level_seconds = level_seconds
-        proposal.draft_steps = root_step + self._steps
+        proposal.draft_steps, proposal.forced_steps = root_step + self._steps, self.forced_steps
         proposal.tree_forwards, proposal.tree_nodes = self._steps, self._stepped
         proposal.draft_seconds = time.perf_counter() - t0
         return proposal
@@ -256,6 +256,7 @@ class TreeProposer(DraftProposer):
     def _step_nodes(self, nodes: list[int], root_feature: torch.Tensor) -> None:
         """One draft forward over ``nodes`` (each reads its parent's predicted feature)."""
         inputs = [root_feature if self._par[n] < 0 else self._feature[self._par[n]] for n in nodes]
+        self.forced_steps += not any(self._choice[n] for n in nodes)  # a forward over forced nodes only
         ancestors = [self._ancestor_slots(n) for n in nodes]
         if len(nodes) == 1 and len(ancestors[0]) == self._stepped:
             # a single path: the draft's one-token fast path sees exactly the node's ancestors
