@@ -165,7 +165,8 @@ def cmd_train_draft(args) -> int:
     from .draft_training import train_draft
 
     return _distil(args, train_draft, "draft", depth=args.depth, use_item_position=not args.no_item_pos,
-                   use_step_position=not args.no_step_pos, step_gate=args.step_gate)  # fmt: skip
+                   use_step_position=not args.no_step_pos, step_gate=args.step_gate,
+                   forced_inputs=args.forced_inputs, init_from=args.init_from, lr=args.lr)  # fmt: skip
 
 
 def cmd_train_assistant(args) -> int:
@@ -724,6 +725,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="context",
         help="the step embedding's gate: context (PAD-Rec: a linear layer on every draft step) or none (added "
         "ungated, no per-step matmul)",
+    )
+    t.add_argument(
+        "--forced-inputs",
+        choices=["chain", "block"],
+        default="chain",
+        help="what a drafted token the catalog forces reads: chain (the feature predicted just before it) or "
+        "block (the feature its run started from: the engine then reads a drafted choice and its forced run in "
+        "one draft forward)",
+    )
+    t.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate (default 2e-3)")
+    t.add_argument(
+        "--init-from",
+        help="start from this trained draft's weights (same shape and signals, same target), e.g. to train a "
+        "block draft from a chain draft",
     )
     t.set_defaults(func=cmd_train_draft)
 

@@ -9,6 +9,7 @@ and every token id has a *slot*: the code level ``0..L-1`` of an item token, ``L
 from transformers import PretrainedConfig
 
 STEP_GATES = ("context", "none")
+FORCED_INPUTS = ("chain", "block")
 
 
 class PadRecDraftConfig(PretrainedConfig):
@@ -35,6 +36,11 @@ class PadRecDraftConfig(PretrainedConfig):
             Both off: the plain EAGLE-style baseline.
         step_gate (`str`): how the step embedding is gated. `"context"` (PAD-Rec): `sigmoid(W_g h + b)`, a linear
             layer on every draft step; `"none"`: `h + E_step[k]`, no gate and no per-step matmul (the cheaper form).
+        forced_inputs (`str`): what a drafted token the catalog forces reads. `"chain"`: the feature the draft
+            predicted at the token before it, like every token. `"block"`: the feature its run read: a drafted
+            choice and the forced run after it (or the forced run after the verified positions) all read the
+            feature that run started from, so a run costs one draft forward instead of one per token. A draft is
+            trained for one of the two (`padrec train-draft --forced-inputs`).
         slot_scale_init (`float`): initial value of the learnable coefficient alpha.
         token_map_fingerprint (`str`, *optional*): hash of the token layout the draft was built for.
         catalog (`dict`, *optional*): the catalog the draft was trained on (its target's): ``items``, ``levels``
@@ -65,6 +71,7 @@ class PadRecDraftConfig(PretrainedConfig):
     use_item_position: bool = True
     use_step_position: bool = True
     step_gate: str = "context"
+    forced_inputs: str = "chain"
     slot_scale_init: float = 1.0
     token_map_fingerprint: str | None = None
     catalog: dict | None = None
@@ -90,6 +97,10 @@ class PadRecDraftConfig(PretrainedConfig):
             raise ValueError(f"slots must lie in [0, num_slots={self.num_slots})")
         if self.step_gate not in STEP_GATES:
             raise ValueError(f"step_gate must be one of {', '.join(STEP_GATES)}, got {self.step_gate!r}")
+        if self.forced_inputs not in FORCED_INPUTS:
+            raise ValueError(
+                f"forced_inputs must be one of {', '.join(FORCED_INPUTS)}, got {self.forced_inputs!r}"
+            )
         if self.max_draft_steps < 1:
             raise ValueError(f"max_draft_steps must be >= 1, got {self.max_draft_steps}")
         super().__post_init__(**kwargs)

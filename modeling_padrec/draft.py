@@ -117,11 +117,14 @@ def new_draft(
     use_step_position: bool = True,
     seed: int = 0,
     step_gate: str = "context",
+    forced_inputs: str = "chain",
 ) -> PadRecDraftModel:
     """An untrained draft for ``target`` (a Target, PEFT model or causal LM): random layer weights drawn from
     ``seed``, token embeddings and head rows copied from the target. Eval mode, on the target's device.
-    ``step_gate``: ``"context"`` (PAD-Rec's gate) or ``"none"`` (the step embedding added ungated)."""
-    config = draft_config(target, token_map, depth, use_item_position, use_step_position, step_gate=step_gate)
+    ``step_gate``: ``"context"`` (PAD-Rec's gate) or ``"none"`` (the step embedding added ungated);
+    ``forced_inputs``: ``"chain"`` or ``"block"`` (:class:`PadRecDraftConfig`)."""
+    config = draft_config(target, token_map, depth, use_item_position, use_step_position, step_gate=step_gate,
+                          forced_inputs=forced_inputs)  # fmt: skip
     model = causal_lm(target)
     torch.manual_seed(seed)
     draft = PadRecDraftModel(config).to(model.device)

@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from transformers import DynamicCache
 
-from .draft import causal_lm, new_draft, target_features
+from .configuration_padrec_draft import FORCED_INPUTS
+from .draft import PadRecDraftError, causal_lm, new_draft, target_features
 from .fileio import staged_dir
 from .modeling_padrec_draft import PadRecDraftModel
 from .training import LOG_NAME, StageConfig, run_settings, train_stage
@@ -58,6 +59,8 @@ class DraftTrainArgs:
     save_every: int = 200
     cache_dir: str | None = None
     step_gate: str = "context"  # "none": the step embedding without its context gate
+    forced_inputs: str = "chain"  # "block": a forced token reads what its run read (PadRecDraftConfig)
+    init_from: str | None = None  # a trained draft of the same shape for the same target to start from
 
 
 # --------------------------------------------------------------------------- data: the target's own lists
@@ -69,12 +72,18 @@ class DraftExamples(Dataset):
     def __init__(self, ids: list[torch.Tensor], features: list[torch.Tensor], prompt_lens: list[int]):
         self.ids, self.features, self.prompt_lens = ids, features, prompt_lens
         self.lengths = [len(x) for x in ids]  # for length-grouped batches
+        self.forced: list[torch.Tensor] | None = (
+            None  # per token: forced by the catalog (:func:`forced_flags`)
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.ids[i], "features": self.features[i], "prompt_len": self.prompt_lens[i]}
+        item = {"input_ids": self.ids[i], "features": self.features[i], "prompt_len": self.prompt_lens[i]}
+        if self.forced is not None:
+            item["forced"] = self.forced[i]
+        return item
 
     def save(self, path: Path, fingerprint: dict) -> None:
         lengths = torch.tensor([len(x) for x in self.ids])
@@ -165,12 +174,34 @@ def collate_examples(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     for r, b in enumerate(batch):
         ids[r, : len(b["input_ids"])] = b["input_ids"]
         feats[r, : len(b["input_ids"])] = b["features"]
-    return {
+    out = {
         "input_ids": ids,
         "features": feats,
         "lengths": torch.tensor([len(b["input_ids"]) for b in batch]),
         "prompt_lens": torch.tensor([b["prompt_len"] for b in batch]),
     }
+    if "forced" in batch[0]:
+        out["forced"] = torch.zeros(len(batch), width, dtype=torch.bool)
+        for r, b in enumerate(batch):
+            out["forced"][r, : len(b["forced"])] = b["forced"]
+    return out
+
+
+def forced_flags(trie, examples: DraftExamples) -> list[torch.Tensor]:
+    """For every example, which tokens the catalog forced: walking the list after the prompt through ``trie``
+    (a :class:`~modeling_padrec.engine.CatalogTrie`), a token is forced where its list state allowed no other.
+    Prompt tokens are not; a list the catalog does not allow is marked up to where it leaves the catalog."""
+    flags = []
+    for ids, start in zip(examples.ids, examples.prompt_lens, strict=True):
+        forced = torch.zeros(len(ids), dtype=torch.bool)
+        state = trie.start()
+        for i, token in enumerate(ids[start:].tolist(), start):
+            is_forced = state.forced() is not None
+            if state.done or not state.advance(token):
+                break
+            forced[i] = is_forced
+        flags.append(forced)
+    return flags
 
 
 # --------------------------------------------------------------------------- loss: K-step training-time test
@@ -205,14 +236,28 @@ def rec_head(target, rec_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return weight_t[:, ids].T.float().cpu().contiguous(), bias[ids].float().cpu().contiguous()
 
 
-def unroll(draft: PadRecDraftModel, input_ids: torch.Tensor, features: torch.Tensor, depth: int) -> list:
+def unroll(
+    draft: PadRecDraftModel,
+    input_ids: torch.Tensor,
+    features: torch.Tensor,
+    depth: int,
+    forced: torch.Tensor | None = None,
+) -> list:
     """The draft's outputs for steps 0..depth-1 at every position, as drafting would produce them.
 
     ``input_ids`` ``(batch, n)`` and ``features`` ``(batch, n, hidden)`` (the target's, right-padded). Output k at
     position t is the k-th draft step of a round whose last true position is t - k, fed the tokens
     ``x_{t-k+1..t+1}`` (the target's own, teacher-forced) and its own predicted features. Positions t < k have
     no such round and are garbage.
+
+    For a draft with ``forced_inputs="block"``, ``forced`` ``(batch, n)`` marks the tokens the catalog forced: at
+    steps k >= 2 an entry whose token is forced reads what the entry before it read at step k - 1 (a choice and
+    its forced run read one feature, as the engine reads them in one forward).
     """
+    block = draft.config.forced_inputs == "block"
+    if block and forced is None:
+        raise ValueError("a draft with forced_inputs='block' is unrolled with the forced-token flags")
+    entry_forced = forced[:, 1:, None] if block else None  # entry t carries token x_{t+1}
     batch_size, n = input_ids.shape
     positions = torch.arange(n - 1, device=input_ids.device)[None].expand(batch_size, n - 1)
     inputs, cache, outputs = features[:, :-1], DynamicCache(), []
@@ -223,7 +268,11 @@ def unroll(draft: PadRecDraftModel, input_ids: torch.Tensor, features: torch.Ten
         )
         outputs.append(out)
         # step + 1 at position t reads the feature this step predicted at t - 1
-        inputs = torch.cat([torch.zeros_like(out.features[:, :1]), out.features[:, :-1]], dim=1)
+        chained = torch.cat([torch.zeros_like(out.features[:, :1]), out.features[:, :-1]], dim=1)
+        if block and step >= 1:  # a forced entry of a drafted run reads what the entry before it read
+            before = torch.cat([torch.zeros_like(inputs[:, :1]), inputs[:, :-1]], dim=1)
+            chained = torch.where(entry_forced, before, chained)
+        inputs = chained
     return outputs
 
 
@@ -248,7 +297,7 @@ def draft_loss(
     scored = (t + 2 >= prompt_lens[:, None]) & (t + 2 < lengths[:, None])
     total = torch.zeros((), device=ids.device)
     metrics: dict[str, float] = {}
-    for step, out in enumerate(unroll(draft, ids, feats, depth)):
+    for step, out in enumerate(unroll(draft, ids, feats, depth, batch.get("forced"))):
         valid = scored & (t >= step)
         if not valid.any():
             continue
@@ -414,7 +463,7 @@ def train_draft(
     """Train a PAD-Rec draft for the target in ``target_dir`` on dataset ``data``; save it to ``out``.
 
     ``options``: the other fields of :class:`DraftTrainArgs` (batch_size, lr, max_users, prompts_per_user,
-    feature_weight, token_weight, save_every, cache_dir, step_gate). Both position signals off gives the EAGLE-style baseline,
+    feature_weight, token_weight, save_every, cache_dir, step_gate, forced_inputs, init_from). Both position signals off gives the EAGLE-style baseline,
     trained by the same recipe. ``out`` gets the Hub-loadable draft (remote code included), ``padrec_draft.json``
     (the arguments, the target's weights digest and final metrics) and ``train_log.jsonl``. Returns ``out`` as an absolute path.
     """
@@ -431,6 +480,14 @@ def train_draft(
         seed,
         **options,
     )
+    if args.forced_inputs not in FORCED_INPUTS:
+        raise PadRecDraftError(
+            f"forced_inputs must be one of {', '.join(FORCED_INPUTS)}, got {args.forced_inputs!r}"
+        )
+    if args.init_from is not None and not (Path(args.init_from) / META_NAME).is_file():
+        raise PadRecDraftError(
+            f"--init-from {args.init_from}: not a draft trained by padrec train-draft (no {META_NAME})"
+        )
     accelerator = accelerator or Accelerator()
     run = Distillation.prepare(args, accelerator)
     draft = new_draft(
@@ -441,7 +498,12 @@ def train_draft(
         use_step_position,
         seed=seed,
         step_gate=args.step_gate,
+        forced_inputs=args.forced_inputs,
     )
+    if args.init_from is not None:
+        _start_from(draft, Path(args.init_from), run)
+    if args.forced_inputs == "block":
+        run.examples.forced = forced_flags(run.recommender.trie, run.examples)
     head = rec_head(run.target.model, draft.config.rec_token_ids)
     draft, final = run.train(
         draft.train(),
@@ -460,6 +522,34 @@ def train_draft(
         _save_draft(draft.eval(), run.out, meta, run.work / LOG_NAME)
     run.finish(accelerator)
     return run.out
+
+
+SHAPE = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+         "max_draft_steps", "use_item_position", "use_step_position", "step_gate")  # fmt: skip
+
+
+def _start_from(draft: PadRecDraftModel, path: Path, run: Distillation) -> None:
+    """Copy the weights of the trained draft at ``path`` into ``draft``: the same shape and signals, trained
+    for the same target (weights digest) and catalog; anything else is refused."""
+    from .draft import load_draft
+
+    init = load_draft(path, run.recommender.token_map, device=draft.device, dataset=run.recommender.dataset)
+    for name in SHAPE:
+        ours, theirs = getattr(draft.config, name), getattr(init.config, name)
+        if ours != theirs:
+            raise PadRecDraftError(
+                f"--init-from {path}: that draft has {name}={theirs!r}, this training builds {name}={ours!r}"
+            )
+    try:
+        meta = json.loads((path / META_NAME).read_text())
+    except ValueError as e:
+        raise PadRecDraftError(f"--init-from {path}: {META_NAME} is not readable JSON ({e})") from None
+    if meta.get("target_weights") != run.target_weights:
+        raise PadRecDraftError(
+            f"--init-from {path}: that draft was trained for target weights {meta.get('target_weights')}, "
+            f"this target's are {run.target_weights}"
+        )
+    draft.load_state_dict(init.state_dict())
 
 
 def _save_draft(draft: PadRecDraftModel, out: Path, meta: dict, log: Path) -> None:

@@ -404,6 +404,13 @@ def _write_draft(folder, draft_dir, config, meta, common, repo_id, target_repo_i
             if config.use_step_position
             else False
         ),
+        "forced tokens read": (
+            "the feature their run started from (`forced_inputs=block`: the engine reads a drafted choice and "
+            "its forced run in one forward)"
+            if getattr(config, "forced_inputs", "chain") == "block"
+            else "the feature predicted before each (`forced_inputs=chain`)"
+        ),
+        **({"started from": f"`{args['init_from']}`"} if args.get("init_from") else {}),
         "training steps": args.get("max_steps", "unknown"),
         "batch size": args.get("batch_size", "unknown"),
         "learning rate": args.get("lr", "unknown"),

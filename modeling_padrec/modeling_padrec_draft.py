@@ -676,12 +676,15 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
         feature, logits = out.features[:, -1:], out.logits[:, -1]
 
         tokens, scores, seconds, sequence = [], [], [], input_ids
+        block = self.config.forced_inputs == "block"
+        run_input = feature  # a block draft: a forced token reads what its predecessor read
         for step in range(budget):
             raw = self.vocab_logits(logits.float())
             processed = raw.clone()
             for processor in processors:
                 processed = processor(sequence, processed)
-            stop = not torch.isfinite(processed).any()
+            finite = int(torch.isfinite(processed).sum())
+            stop = finite == 0
             if stop:  # every proposal is masked: propose from the raw head once, the target will correct it
                 processed = raw
             if do_sample:
@@ -695,7 +698,9 @@ class PadRecDraftModel(PreTrainedModel, GenerationMixin):
             if stop or step + 1 == budget or int(token) in eos:
                 break
             start = time.perf_counter()
-            out = self.decode_step(token, feature, step + 1, cache, tables=tables)
+            if block:  # the token drafted at step 0 opens a run; a later forced one continues the last run
+                run_input = run_input if step and finite == 1 else feature
+            out = self.decode_step(token, run_input if block else feature, step + 1, cache, tables=tables)
             feature, logits = out.features, out.logits[:, -1]
         cache.keep(length - 1)  # only positions whose inputs carry true target features
         return tokens, tuple(scores), seconds

@@ -39,8 +39,9 @@ def _draft(worlds, world: str, kind: str, depth: int, flags: tuple[bool, bool]):
         if kind == "agreeing":
             d = agreeing_draft(w, depth, use_item_position=item, use_step_position=step)
         else:
-            d = new_draft(w.target, w.token_map, depth, item, step, seed=depth)
-            if kind == "perturbed":
+            forced_inputs = "block" if kind == "block" else "chain"
+            d = new_draft(w.target, w.token_map, depth, item, step, seed=depth, forced_inputs=forced_inputs)
+            if kind in ("perturbed", "block"):
                 d = perturbed(d, seed=depth)
         _drafts[key] = d
     return _drafts[key]
@@ -55,7 +56,7 @@ def _draft(worlds, world: str, kind: str, depth: int, flags: tuple[bool, bool]):
 )
 @given(
     world=st.sampled_from(["plain", "lora", "bigram"]),
-    kind=st.sampled_from(["untrained", "perturbed", "agreeing"]),
+    kind=st.sampled_from(["untrained", "perturbed", "agreeing", "block"]),
     depth=st.integers(1, 8),
     flags=st.sampled_from(FLAGS),
     history=st.lists(st.integers(0, 6), max_size=4),
@@ -77,6 +78,37 @@ def test_assisted_greedy_equals_plain_greedy(
     finally:
         draft.detach()
     assert assisted == plain
+
+
+def test_a_block_draft_reads_a_forced_token_on_its_runs_feature(worlds):
+    """Stock ``generate`` with a ``forced_inputs="block"`` draft: a drafted token the catalog forces, after the
+    round's first, reads the feature the token before it read; any other reads the feature just predicted."""
+    w = worlds["plain"]
+    draft = perturbed(new_draft(w.target, w.token_map, 6, seed=2, forced_inputs="block"), seed=2)
+    calls, fused = [], draft.decode_step
+
+    def spy(input_ids, target_features, step, cache, **kwargs):
+        out = fused(input_ids, target_features, step, cache, **kwargs)
+        calls.append((int(input_ids[0, -1]), step, target_features.clone(), out.features[:, -1:].clone()))
+        return out
+
+    draft.decode_step = spy
+    draft.attach(w.target)
+    try:
+        prompt = w.prompt([0, 1])
+        assert w.generate(prompt, draft, max_new_tokens=40) == w.generate(prompt, max_new_tokens=40)
+    finally:
+        draft.detach()
+    sep, forced_seen = w.token_map.sep_id, 0
+    for (_, before, read_before, predicted), (token, step, read, _) in itertools.pairwise(calls):
+        if not isinstance(step, int) or step < 1 or before != step - 1:
+            continue  # a round's catch-up over the verified positions
+        if step == 1:  # a round's first drafted token reads the catch-up's prediction
+            torch.testing.assert_close(read, predicted)
+        elif token == sep:  # after an item's last code the separator is always forced: its run's feature
+            torch.testing.assert_close(read, read_before)
+            forced_seen += 1
+    assert forced_seen
 
 
 def _spy_rounds(draft) -> list[list[int]]:

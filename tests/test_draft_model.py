@@ -336,6 +336,47 @@ def test_training_unroll_is_what_drafting_computes(world):
                 assert torch.allclose(o.logits[:, -1], outs[k].logits[:, t], atol=1e-5), (k, t)
 
 
+def test_block_draft_unroll_is_what_block_drafting_computes(world):
+    """A draft with ``forced_inputs="block"``: unrolled step k at position t equals drafting where a forced token
+    at draft step >= 2 reads the feature the token before it read (its run's), and any other the feature the step
+    before predicted; the engine's one forward over a run equals those steps."""
+    from transformers import DynamicCache
+
+    from modeling_padrec.draft_training import unroll
+
+    draft = new_draft(world.target, world.token_map, depth=4, seed=4, forced_inputs="block")
+    assert draft.config.forced_inputs == "block"
+    with torch.no_grad():
+        draft.signals.step_embed.weight.normal_()
+        ids, feats = _inputs(draft, length=10, seed=7)
+        forced = torch.tensor([[False, False, True, True, False, True, False, True, True, True]])
+        with pytest.raises(ValueError, match="forced-token flags"):
+            unroll(draft, ids, feats, depth=4)
+        outs = unroll(draft, ids, feats, depth=4, forced=forced)
+        chain = unroll(new_draft(world.target, world.token_map, depth=4, seed=4), ids, feats, depth=4)
+        assert not torch.allclose(outs[3].features, chain[3].features)  # the rule changes what is computed
+        for k in range(4):
+            for t in range(k, 9):
+                cache = DynamicCache()
+                o = draft(ids[:, 1 : t - k + 2], feats[:, : t - k + 1], step_ids=0, cache=cache)
+                read = None
+                for j in range(1, k + 1):
+                    e = t - k + j  # entry e carries token e + 1
+                    read = read if j >= 2 and forced[0, e + 1] else o.features[:, -1:]
+                    o = draft(ids[:, e + 1 : e + 2], read, step_ids=j, cache=cache)
+                torch.testing.assert_close(o.features[:, -1], outs[k].features[:, t], atol=1e-5, rtol=1e-4)
+        # entries 5..7 (tokens 6: a choice, 7 and 8: forced) as one run: one forward, all on one feature
+        cache, run = DynamicCache(), DynamicCache()
+        o = draft(ids[:, 1:6], feats[:, :5], step_ids=0, cache=cache)
+        draft(ids[:, 1:6], feats[:, :5], step_ids=0, cache=run)
+        first = o.features[:, -1:]
+        for j, e in enumerate(range(5, 8), start=1):
+            o = draft(ids[:, e + 1 : e + 2], first, step_ids=j, cache=cache)
+        fused = draft.decode_step(ids[:, 6:9], first.expand(1, 3, -1), torch.tensor([[1, 2, 3]]), run,
+                                  compute_logits=False)  # fmt: skip
+        torch.testing.assert_close(fused.features[:, -1], o.features[:, -1], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "item,step,gate", [(True, True, "context"), (False, False, "context"), (True, True, "none")]
 )

@@ -68,7 +68,7 @@ def decode_both(world, items, prompt, draft=None, depth=None):
     num_items=st.integers(1, 14),
     list_len=st.integers(1, 20),
     shape=st.sampled_from(["random", "chains", "collisions"]),
-    draft_kind=st.sampled_from(["none", "untrained", "agreeing", "adversarial", "noisy"]),
+    draft_kind=st.sampled_from(["none", "untrained", "agreeing", "adversarial", "noisy", "block"]),
     depth=st.integers(1, 32),
     history=st.lists(st.integers(0, 100), max_size=6),
     seed=st.integers(0, 1000),
@@ -93,6 +93,9 @@ def test_engine_greedy_equals_stock_generate(
         draft = AdversarialDraft(agreeing_draft(world, depth=min(depth, 8)))
     elif draft_kind == "noisy":
         draft = perturbed(new_draft(world.target, world.token_map, depth=4, seed=seed), scale=2.0, seed=seed)
+    elif draft_kind == "block":
+        draft = new_draft(world.target, world.token_map, depth=4, seed=seed, forced_inputs="block")
+        draft = perturbed(draft, scale=2.0, seed=seed)
     expected, got, trie = decode_both(world, items, prompt, draft, depth if draft is not None else None)
     assert got.output_ids == expected
     choices = choice_positions(trie, expected)
@@ -147,22 +150,30 @@ def test_no_hooks_and_the_draft_reads_the_engines_features():
     assert got.draft_steps == len(seen)
 
 
+@pytest.mark.parametrize("forced_inputs", ["chain", "block"])
 @pytest.mark.parametrize("seed", range(4))
-def test_draft_steps_over_forced_tokens_are_counted(seed):
+def test_draft_steps_over_forced_tokens_are_counted(seed, forced_inputs):
     """A chain round's draft forwards are the catch-up, one step per token after the first the target had not run
     (the trie's forced run) and one per drafted token before the round's last choice; the forced ones are the
-    steps a draft reading only choices would skip: every step but the catch-up and those over drafted choices."""
+    steps a draft reading only choices would skip: every step but the catch-up and those over drafted choices.
+    A block draft reads the forced run after the catch-up in one forward, and each drafted choice with its forced
+    run in one more."""
     world = make_world(levels=3, codes=3, num_items=12, list_len=5, seed=seed, lora=True)
     world.items = catalog_items(world, random.Random(seed), "chains" if seed % 2 else "random", 12)
     trie = CatalogTrie(torch.tensor(world.items), SEP, EOS, world.list_len)
-    draft = perturbed(new_draft(world.target, world.token_map, depth=4, seed=seed), scale=0.5, seed=seed)
+    draft = new_draft(world.target, world.token_map, depth=4, seed=seed, forced_inputs=forced_inputs)
+    draft = perturbed(draft, scale=0.5, seed=seed)
     engine = Engine(world.target, trie, draft, 3, GenerationSettings(max_new_tokens=40))
     got = engine.generate(world.prompt([0, 1]), trace=True)
     assert got.trace and got.forced_draft_steps > 0
     for r in got.trace:
         last = max(i for i, c in enumerate(r["choice"]) if c)
-        assert r["draft_steps"] == r["waiting"] + last  # catch-up, waiting - 1 forced, every token before ``last``
-        assert r["draft_steps"] - r["forced_steps"] == 1 + sum(r["choice"][:last])
+        if forced_inputs == "chain":  # catch-up, waiting - 1 forced, every token before ``last``
+            assert r["draft_steps"] == r["waiting"] + last
+            assert r["draft_steps"] - r["forced_steps"] == 1 + sum(r["choice"][:last])
+        else:  # catch-up, the forced run after it, then each choice before ``last`` with its run
+            assert r["forced_steps"] == (r["waiting"] > 1)
+            assert r["draft_steps"] == 1 + r["forced_steps"] + sum(r["choice"][:last])
     assert got.forced_draft_steps == sum(r["forced_steps"] for r in got.trace)
     assert got.draft_steps == sum(r["draft_steps"] for r in got.trace)
 

@@ -163,12 +163,13 @@ class _Drafting:
     still to step over, and the proposal so far."""
 
     __slots__ = ("row", "state", "feature", "logits", "steps", "position", "queue", "unstepped", "proposal",
-                 "room", "stepping", "forced")  # fmt: skip
+                 "room", "stepping", "forced", "run_feature")  # fmt: skip
 
     def __init__(self, row: _Row, feature: torch.Tensor, logits: torch.Tensor):
         req = row.request
         self.row, self.state = row, req.state.copy()
         self.feature, self.logits = feature, logits
+        self.run_feature = feature  # the feature the run being stepped over started from
         self.steps, self.position = 1, req.committed
         self.queue = req.seq[req.committed + 1 :]  # decided tokens the target has not run (bonus, forced run)
         self.forced = len(self.queue)  # steps over forced tokens only: every one after the first unrun token
@@ -188,6 +189,7 @@ class BatchDraft:
     def __init__(self, proposer: DraftProposer):
         self.draft, self.depth, self.rows = proposer.draft, proposer.depth, proposer.rows
         self.device, self.dtype, self.fused = proposer.device, proposer.dtype, proposer.fused
+        self.block = proposer.block
         self.cache = RaggedCache(DynamicCache(), 0, self.device)
         self.pad_id = int(self.draft.config.rec_token_ids[0])
         self.tables = None
@@ -271,6 +273,7 @@ class BatchDraft:
                 if d.unstepped:
                     d.queue, d.unstepped = d.unstepped, []
                     d.forced += len(d.queue) - 1  # a drafted choice, then its forced run
+                    d.run_feature = d.feature
                     break
                 allowed = state.allowed_tensor(self.device)
                 token, q = d.row.request.chooser.choose(d.logits[self.rows[allowed]].float(), allowed)
@@ -299,7 +302,8 @@ class BatchDraft:
             ids = torch.tensor([[d.queue[0] if d.stepping else self.pad_id] for d in drafting])
             steps = torch.tensor([[d.steps] for d in drafting], device=self.device)
             positions = torch.tensor([[d.position] for d in drafting])
-            features = torch.stack([d.feature for d in drafting])[:, None]
+            # a block draft (``forced_inputs="block"``) reads a whole run on the feature it started from
+            features = torch.stack([d.run_feature if self.block else d.feature for d in drafting])[:, None]
             lengths = [int(d.stepping) for d in drafting]
             out = self._forward(self.cache, ids, features, steps, positions, lengths)
             # the head only for rows whose queue this step empties: only they can reach a choice next

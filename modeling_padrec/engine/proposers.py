@@ -2,8 +2,10 @@
 
 A proposal is a chain (here) or a tree (:mod:`.tree`) of tokens after the current sequence. The draft is asked
 only where the catalog trie leaves a choice; forced tokens are filled in by the trie (the draft still steps over
-them when another choice follows, to carry its feature chain). ``depth`` counts choices, not tokens: a round
-ends after ``depth`` choices plus the forced run that follows the last one.
+them when another choice follows, to carry its feature chain: one step per token, or, for a draft trained with
+``forced_inputs="block"``, one forward per drafted choice and the forced run after it, all read on the feature the
+choice read). ``depth`` counts choices, not tokens: a round ends after ``depth`` choices plus the forced run that
+follows the last one.
 
 :class:`DraftProposer` reads the target's features from the engine's own forwards (no hooks): after every target
 forward the engine hands it the features of the positions it kept. The draft's cache holds only positions whose
@@ -109,6 +111,8 @@ class DraftProposer:
         )
         # a draft whose head reads only the rows asked for (``head_logits(features, rows)``) says so
         self.head_rows = bool(getattr(draft, "head_reads_rows", False))
+        # a draft trained to read a choice and its forced run on one feature reads the run in one forward
+        self.block = getattr(draft.config, "forced_inputs", "chain") == "block"
         self.tables = None
         self.reset()
 
@@ -116,7 +120,8 @@ class DraftProposer:
         """Forget the previous request."""
         self.cache = DynamicCache()
         self.pending: list[torch.Tensor] = []  # target features of positions not yet in the draft cache
-        self.forced_steps = 0  # this round's draft steps over forced tokens
+        self.forwards = 0  # this round's draft forwards, the catch-up included
+        self.forced_steps = 0  # of them, those over forced tokens only
 
     @property
     def known(self) -> int:
@@ -130,6 +135,7 @@ class DraftProposer:
     def _step(self, token: int, feature: torch.Tensor, step: int) -> torch.Tensor:
         """One draft step over ``token`` (its input feature ``feature``); returns the predicted next feature."""
         ids = self.ids[token]
+        self.forwards += 1
         if self.fused:  # the draft's one-token fast path: the same function in fewer ops
             out = self.draft.decode_step(
                 ids, feature, step, self.cache, compute_logits=False, tables=self.tables
@@ -138,8 +144,26 @@ class DraftProposer:
             out = self.draft(ids, feature, step_ids=step, cache=self.cache, compute_logits=False)
         return out.features[:, -1:]
 
-    def _step_run(self, tokens: list[int], feature: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
-        """Step over decided ``tokens`` one by one; returns (the feature after the last one, the next step)."""
+    def _step_run(
+        self, tokens: list[int], feature: torch.Tensor, steps: int, forced: bool = False
+    ) -> tuple[torch.Tensor, int]:
+        """Step over decided ``tokens``: a drafted choice and its forced run, or (``forced``) the forced run after
+        the verified positions. One by one, each reading the feature the one before predicted, or, for a draft
+        trained with ``forced_inputs="block"``, in one forward, all reading ``feature``. Returns (the feature
+        after the last one, the next step)."""
+        if self.block and len(tokens) > 1:
+            self.forwards += 1
+            self.forced_steps += forced
+            ids = torch.tensor([tokens], device=self.device)
+            step_ids = torch.arange(steps, steps + len(tokens), device=self.device)[None]
+            feats = feature.expand(1, len(tokens), feature.shape[-1])
+            if self.fused:
+                out = self.draft.decode_step(ids, feats, step_ids, self.cache, compute_logits=False,
+                                             tables=self.tables)  # fmt: skip
+            else:
+                out = self.draft(ids, feats, step_ids=step_ids, cache=self.cache, compute_logits=False)
+            return out.features[:, -1:], steps + len(tokens)
+        self.forced_steps += len(tokens) - (not forced) if tokens else 0
         for token in tokens:
             feature = self._step(token, feature, steps)
             steps += 1
@@ -159,8 +183,7 @@ class DraftProposer:
         the forced run). Returns the feature predicting the next token and the draft step the next position
         takes."""
         known = self.known
-        # every token after the first one the target has not run is the trie's forced run
-        self.forced_steps = max(len(sequence) - committed - 1, 0)
+        self.forwards, self.forced_steps = 1, 0
         # the fast path's tables, checked against the weights once per round rather than once per step
         self.tables = self.draft.decode_tables(self.device) if self.fused else None
         features = torch.cat(self.pending, dim=1) if len(self.pending) > 1 else self.pending[0]
@@ -180,7 +203,8 @@ class DraftProposer:
             )
         else:  # the prompt (or a draft without the fast path): the model's own forward
             out = self.draft(inputs, features, step_ids=0, cache=self.cache, compute_logits=False)
-        return self._step_run(sequence[committed + 1 :], out.features[:, -1:], 1)
+        # every token after the first one the target has not run is the trie's forced run
+        return self._step_run(sequence[committed + 1 :], out.features[:, -1:], 1, forced=True)
 
     @torch.no_grad()
     def propose(
@@ -203,8 +227,7 @@ class DraftProposer:
             else:
                 if proposal.choices == self.depth:
                     break
-                feature, steps = self._step_run(unstepped, feature, steps)
-                self.forced_steps += max(len(unstepped) - 1, 0)  # a drafted choice, then its forced run
+                feature, steps = self._step_run(unstepped, feature, steps)  # a drafted choice, its forced run
                 unstepped = []
                 allowed = state.allowed_tensor(self.device)
                 token, q = chooser.choose(self.scores(feature, allowed), allowed)
@@ -215,6 +238,6 @@ class DraftProposer:
             proposal.q.append(q)
             unstepped.append(token)
         crop(self.cache, committed)  # drop every position drafted on the draft's own features
-        proposal.draft_steps, proposal.forced_steps = steps, self.forced_steps
+        proposal.draft_steps, proposal.forced_steps = self.forwards, self.forced_steps
         proposal.draft_seconds = time.perf_counter() - t0
         return proposal

@@ -146,6 +146,7 @@ class TreeProposer(DraftProposer):
     ) -> Proposal:
         t0 = time.perf_counter()
         root_feature, root_step = self._catch_up(sequence, committed)
+        catch_up = self.forwards  # the catch-up's forwards (the tree's own are counted in ``_steps``)
         self._base = self.known  # draft cache length at the root: tree nodes are appended after it
         self._root_step = root_step
         # nodes of the tree
@@ -156,6 +157,7 @@ class TreeProposer(DraftProposer):
         self._depth: list[int] = []
         self._slot: list[int] = []  # draft cache index once stepped, else -1
         self._feature: list[torch.Tensor | None] = []
+        self._input: list[torch.Tensor | None] = []  # the feature each stepped node read
         self._steps = 0
         self._stepped = 0  # tree nodes in the draft cache
         root = _Branch(-1, -1, state.copy(), 0.0, None, True)
@@ -206,7 +208,7 @@ class TreeProposer(DraftProposer):
         keep = self._cut(branches) if cut_budget is not None else branches
         proposal = self._proposal(keep)
         proposal.level_seconds = level_seconds
-        proposal.draft_steps, proposal.forced_steps = root_step + self._steps, self.forced_steps
+        proposal.draft_steps, proposal.forced_steps = catch_up + self._steps, self.forced_steps
         proposal.tree_forwards, proposal.tree_nodes = self._steps, self._stepped
         proposal.draft_seconds = time.perf_counter() - t0
         return proposal
@@ -241,6 +243,7 @@ class TreeProposer(DraftProposer):
         self._depth.append(depth)
         self._slot.append(-1)
         self._feature.append(None)
+        self._input.append(None)
         return len(self._tok) - 1
 
     def _expand_features(self, frontier: list[_Branch], root_feature: torch.Tensor) -> list[torch.Tensor]:
@@ -255,7 +258,9 @@ class TreeProposer(DraftProposer):
 
     def _step_nodes(self, nodes: list[int], root_feature: torch.Tensor) -> None:
         """One draft forward over ``nodes`` (each reads its parent's predicted feature)."""
-        inputs = [root_feature if self._par[n] < 0 else self._feature[self._par[n]] for n in nodes]
+        inputs = [self._input_of(n, root_feature) for n in nodes]
+        for n, feature in zip(nodes, inputs, strict=True):
+            self._input[n] = feature
         self.forced_steps += not any(self._choice[n] for n in nodes)  # a forward over forced nodes only
         ancestors = [self._ancestor_slots(n) for n in nodes]
         if len(nodes) == 1 and len(ancestors[0]) == self._stepped:
@@ -287,6 +292,15 @@ class TreeProposer(DraftProposer):
             self._feature[node] = out.features[:, row : row + 1]
         self._steps += 1
         self._stepped += len(nodes)
+
+    def _input_of(self, node: int, root_feature: torch.Tensor) -> torch.Tensor:
+        """The feature ``node`` reads: its parent's predicted feature (the root's: the catch-up's), or, for a
+        forced node of a draft trained with ``forced_inputs="block"``, what its parent read (as the chain
+        reads a choice and its forced run in one forward)."""
+        parent = self._par[node]
+        if parent < 0:
+            return root_feature
+        return self._input[parent] if self.block and not self._choice[node] else self._feature[parent]
 
     def _ancestor_slots(self, node: int) -> list[int]:
         """Draft-cache slots of ``node``'s ancestors below the root (every one is stepped before it)."""
