@@ -257,7 +257,7 @@ class TreeProposer(DraftProposer):
         return [self._feature[r[-1]] for r in runs]
 
     def _step_nodes(self, nodes: list[int], root_feature: torch.Tensor) -> None:
-        """One draft forward over ``nodes`` (each reads its parent's predicted feature)."""
+        """One draft forward over ``nodes`` (each reads the feature :meth:`_input_of` gives it)."""
         inputs = [self._input_of(n, root_feature) for n in nodes]
         for n, feature in zip(nodes, inputs, strict=True):
             self._input[n] = feature
