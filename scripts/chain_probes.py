@@ -31,19 +31,12 @@ from modeling_padrec.bench import BenchConfig, Method, bench_run, write_report
 from modeling_padrec.engine.proposers import DraftProposer
 
 
-class BlockForcedProposer(DraftProposer):
-    """The engine's chain, reading each run of decided tokens in one forward on the last predicted feature."""
-
-    def _step_run(self, tokens: list[int], feature: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
-        if len(tokens) <= 1 or not self.fused:
-            return super()._step_run(tokens, feature, steps)
-        ids = torch.tensor([tokens], device=self.device)
-        step_ids = torch.arange(steps, steps + len(tokens), device=self.device)[None]
-        feats = feature.expand(1, len(tokens), feature.shape[-1])
-        out = self.draft.decode_step(
-            ids, feats, step_ids, self.cache, compute_logits=False, tables=self.tables
-        )
-        return out.features[:, -1:], steps + len(tokens)
+def block_reads(draft: torch.nn.Module, depth: int) -> DraftProposer:
+    """The engine's chain reading each run of decided tokens in one forward, on the feature the run started from:
+    the engine's own path for drafts trained with ``forced_inputs="block"``, here for a draft trained without."""
+    proposer = DraftProposer(draft, depth)
+    proposer.block = True
+    return proposer
 
 
 class ConfidenceStopProposer(DraftProposer):
@@ -77,7 +70,7 @@ def probes(stops: list[float]):
         extra = []
         for m in [m for m in methods if m.kind == "engine" and m.draft is not None]:
             depth = m.engine.depth
-            variants = [("block", BlockForcedProposer(m.draft, depth))]
+            variants = [("block", block_reads(m.draft, depth))]
             variants += [(f"stop{p:g}", ConfidenceStopProposer(m.draft, depth, p)) for p in stops]
             for label, proposer in variants:
                 engine = copy.copy(m.engine)  # the recommender's engines are shared: a copy of its own
