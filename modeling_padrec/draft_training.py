@@ -540,16 +540,23 @@ def _start_from(draft: PadRecDraftModel, path: Path, run: Distillation) -> None:
             raise PadRecDraftError(
                 f"--init-from {path}: that draft has {name}={theirs!r}, this training builds {name}={ours!r}"
             )
-    try:
-        meta = json.loads((path / META_NAME).read_text())
-    except ValueError as e:
-        raise PadRecDraftError(f"--init-from {path}: {META_NAME} is not readable JSON ({e})") from None
-    if meta.get("target_weights") != run.target_weights:
+    recorded = distilled_from(path)
+    if recorded != run.target_weights:
         raise PadRecDraftError(
-            f"--init-from {path}: that draft was trained for target weights {meta.get('target_weights')}, "
+            f"--init-from {path}: that draft was trained for target weights {recorded}, "
             f"this target's are {run.target_weights}"
         )
     draft.load_state_dict(init.state_dict())
+
+
+def distilled_from(draft_dir: str | Path) -> str | None:
+    """The weights digest of the target a trained draft was distilled from, as its ``padrec_draft.json``
+    records it (None for a draft written before drafts recorded it)."""
+    try:
+        meta = json.loads((Path(draft_dir) / META_NAME).read_text())
+    except ValueError as e:
+        raise PadRecDraftError(f"{draft_dir}: {META_NAME} is not readable JSON ({e})") from None
+    return meta.get("target_weights")
 
 
 def _save_draft(draft: PadRecDraftModel, out: Path, meta: dict, log: Path) -> None:

@@ -317,8 +317,8 @@ class Request:
                 "waiting": waiting, "tokens": proposal.tokens, "parent": proposal.parents, "choice": proposal.choice,
                 "score": proposal.score, "level": proposal.level, "level_seconds": proposal.level_seconds,
                 "path": path, "draft_seconds": proposal.draft_seconds, "verify_seconds": verify_seconds,
-                "draft_steps": proposal.draft_steps, "forced_steps": proposal.forced_steps, "tree_forwards": proposal.tree_forwards,
-                "tree_nodes": proposal.tree_nodes,
+                "draft_steps": proposal.draft_steps, "forced_steps": proposal.forced_steps,
+                "tree_forwards": proposal.tree_forwards, "tree_nodes": proposal.tree_nodes,
             })  # fmt: skip
         if proposal.tokens:
             offsets = [i for i, n in enumerate(path) if proposal.choice[n]] + (

@@ -113,9 +113,9 @@ def _check_distilled_from(draft: Path, target: Path, weights: str) -> None:
     """Refuse a trained draft distilled from another training of the target than the one in ``runs`` now, whose
     weights digest is ``weights`` (a draft written before drafts recorded their target's weights is taken as it
     is)."""
-    from ..draft_training import META_NAME
+    from ..draft_training import distilled_from
 
-    recorded = json.loads((draft / META_NAME).read_text()).get("target_weights")
+    recorded = distilled_from(draft)
     if recorded and recorded != weights:
         raise PadrecError(
             f"{draft}: distilled from another training of {target} (weights {recorded}; the target's are now "
